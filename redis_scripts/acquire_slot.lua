@@ -1,0 +1,96 @@
+-- uses: common
+-- Take a slot of a semaphore, or join (or stay in) its first-come-first-served queue.
+--
+-- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
+-- ARGV[1] lease id (random; also the waiter id while queued)
+-- ARGV[2] lease TTL (ms)
+-- ARGV[3] holder JSON (replica, purpose, ...) shown to operators
+-- ARGV[4] "1" to queue when no slot is free, "0" to try once
+-- ARGV[5] queue entry TTL (ms): a waiter that stops re-running this script vanishes after it
+-- ARGV[6] limit of a configured semaphore (created if missing, limit kept in step);
+--         "0": a registered semaphore, which must exist
+-- ARGV[7] grace (ms) to set when this call creates the semaphore (after a suspected data loss)
+-- ARGV[8] TTL (ms) of the semaphore's keys; "0" keeps them (registered semaphores)
+-- ARGV[9] wake channel
+-- ARGV[10] waiter JSON (replica, since)
+-- Returns:
+--   {1, expiry_ms, epoch, in_use, limit}          acquired (or already held: idempotent)
+--   {0, position, retry_hint_ms, in_use, limit}   queued at 1-based position (0: not queued)
+--   {-1}                                          no such semaphore
+local lease_id = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local queue_ttl = tonumber(ARGV[5])
+local keys_ttl = tonumber(ARGV[8])
+local now = now_ms()
+
+local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
+local create_limit = tonumber(ARGV[6])
+if limit and create_limit > 0 and limit ~= create_limit then
+  -- Configured semaphores (accounts) follow the configuration of whoever acquires.
+  limit = create_limit
+  redis.call('HSET', KEYS[1], 'limit', limit)
+elseif not limit then
+  if create_limit <= 0 then return {-1} end
+  limit = create_limit
+  redis.call('HSET', KEYS[1], 'limit', limit, 'epoch', now .. ':' .. string.sub(lease_id, 1, 12),
+    'created_ms', now, 'grace_until', now + tonumber(ARGV[7]))
+end
+if keys_ttl > 0 then redis.call('PEXPIRE', KEYS[1], keys_ttl) end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+
+if purge(now, 64) > 0 then wake_heads(now, ARGV[9]) end
+
+local held = redis.call('ZSCORE', KEYS[2], lease_id)
+local in_use = redis.call('ZCARD', KEYS[2])
+if held and tonumber(held) > now then
+  return {1, tonumber(held), epoch, in_use, limit}
+end
+
+local free = free_slots(now)
+local rank = redis.call('ZRANK', KEYS[4], lease_id)
+local eligible
+if rank then
+  eligible = rank < free
+else
+  eligible = redis.call('ZCARD', KEYS[4]) < free
+end
+
+if eligible then
+  if rank then
+    redis.call('ZREM', KEYS[4], lease_id)
+    redis.call('ZREM', KEYS[5], lease_id)
+    redis.call('HDEL', KEYS[6], lease_id)
+  end
+  local expiry = now + ttl
+  redis.call('ZADD', KEYS[2], expiry, lease_id)
+  redis.call('HSET', KEYS[3], lease_id, ARGV[3])
+  redis.call('HINCRBY', KEYS[7], 'acquired', 1)
+  keep_for(KEYS[2], ttl * 3)
+  keep_for(KEYS[3], ttl * 3)
+  if keys_ttl > 0 then keep_for(KEYS[7], keys_ttl) end
+  return {1, expiry, epoch, in_use + 1, limit}
+end
+
+-- Not now: hint how long to sleep at most (the nearest lease expiry sends no message).
+local hint = math.floor(queue_ttl / 3)
+local nearest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #nearest == 2 then
+  hint = math.min(hint, math.max(1, tonumber(nearest[2]) - now + 1))
+end
+local grace_until = tonumber(redis.call('HGET', KEYS[1], 'grace_until') or '0')
+if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
+
+if ARGV[4] ~= '1' then
+  return {0, 0, hint, in_use, limit}
+end
+if not rank then
+  local ticket = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('ZADD', KEYS[4], ticket, lease_id)
+  redis.call('HSET', KEYS[6], lease_id, ARGV[10])
+  rank = redis.call('ZCARD', KEYS[4]) - 1
+end
+redis.call('ZADD', KEYS[5], now + queue_ttl, lease_id)
+keep_for(KEYS[4], queue_ttl * 3)
+keep_for(KEYS[5], queue_ttl * 3)
+keep_for(KEYS[6], queue_ttl * 3)
+return {0, rank + 1, hint, in_use, limit}

@@ -1,0 +1,18 @@
+-- uses: common
+-- Create a semaphore, or with mode "ensure" create it or set its limit (declarative config).
+--
+-- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
+-- ARGV[1] limit (>= 1), ARGV[2] mode "create" | "ensure", ARGV[3] wake channel
+-- Returns: 1 created, 0 already existed (mode create: unchanged), 2 limit updated (mode ensure)
+local limit = tonumber(ARGV[1])
+local now = now_ms()
+local existing = redis.call('HGET', KEYS[1], 'limit')
+if existing then
+  if ARGV[2] ~= 'ensure' then return 0 end
+  redis.call('HSET', KEYS[1], 'limit', limit)
+  wake_heads(now, ARGV[3])
+  return 2
+end
+redis.call('HSET', KEYS[1], 'limit', limit, 'epoch', now .. ':create', 'created_ms', now,
+  'grace_until', 0)
+return 1

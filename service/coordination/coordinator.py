@@ -1,0 +1,163 @@
+"""The library's front door: one Coordinator per process, shared by every request.
+
+coordinator = await Coordinator.connect("redis://127.0.0.1:6379/0", replica_id="api-1")
+async with await coordinator.acquire("image-generation-global", timeout_s=30):
+    ...  # at most `limit` of these run at once across every process that names the id
+await coordinator.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from .errors import CoordinationUnavailable
+from .keys import ACCOUNT, GLOBAL, KeySpace
+from .lease import Holder, Lease, shielded
+from .redis_errors import guarded
+from .registry import SemaphoreRegistry
+from .renewal import Renewer
+from .scripts import Scripts
+from .semaphore import AcquireOptions, Semaphores
+from .wake import WakeDispatcher
+from .window import SlidingWindow, WindowResult
+
+log = logging.getLogger("service.coordination")
+
+ACCOUNT_KEYS_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    redis_url: str
+    prefix: str = "rcg"
+    replica_id: str = "replica"
+    lease_ttl_s: float = 30.0
+    queue_entry_ttl_s: float = 10.0
+    redis_timeout_s: float = 2.0
+    declared: dict[str, int] = field(default_factory=dict)
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.keyspace = KeySpace(config.prefix)
+        self.client = aioredis.Redis.from_url(
+            config.redis_url,
+            socket_timeout=config.redis_timeout_s,
+            socket_connect_timeout=config.redis_timeout_s,
+            # One quick retry survives a pooled connection that died with a Redis restart;
+            # more would only delay the fast failure callers need when Redis is down.
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+            max_connections=512,
+        )
+        self._pubsub_client = aioredis.Redis.from_url(
+            config.redis_url,
+            socket_connect_timeout=config.redis_timeout_s,
+            health_check_interval=5,
+        )
+        self.scripts = Scripts(self.client)
+        self.dispatcher = WakeDispatcher(self._pubsub_client, self.keyspace.channel_pattern)
+        self.semaphores = Semaphores(
+            scripts=self.scripts,
+            keyspace=self.keyspace,
+            dispatcher=self.dispatcher,
+            replica_id=config.replica_id,
+            lease_ttl_s=config.lease_ttl_s,
+            queue_entry_ttl_s=config.queue_entry_ttl_s,
+        )
+        self.registry = SemaphoreRegistry(
+            client=self.client, scripts=self.scripts, keyspace=self.keyspace
+        )
+        self.window = SlidingWindow(
+            client=self.client, scripts=self.scripts, keyspace=self.keyspace
+        )
+        self.renewer = Renewer(
+            client=self.client,
+            scripts=self.scripts,
+            keyspace=self.keyspace,
+            semaphores=self.semaphores,
+            on_data_loss=self.ensure_declared,
+        )
+
+    @classmethod
+    async def connect(cls, redis_url: str, **options: object) -> Coordinator:
+        coordinator = cls(CoordinatorConfig(redis_url=redis_url, **options))  # type: ignore[arg-type]
+        await coordinator.start()
+        return coordinator
+
+    @property
+    def replica_id(self) -> str:
+        return self.config.replica_id
+
+    async def start(self) -> None:
+        """Never fails because Redis is down: the service starts degraded and recovers."""
+        with contextlib.suppress(CoordinationUnavailable):
+            await self.ensure_declared()
+        await self.dispatcher.start()
+        await self.renewer.start()
+
+    async def close(self) -> None:
+        """Release every lease this process holds, then stop the background tasks."""
+        for lease in list(self.semaphores.held.values()):
+            await shielded(lease.release())
+        await self.renewer.close()
+        await self.dispatcher.close()
+        await self.client.aclose()
+        await self._pubsub_client.aclose()
+
+    async def ensure_declared(self) -> None:
+        for semaphore_id, limit in self.config.declared.items():
+            await self.registry.ensure(semaphore_id, limit)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await guarded(self.client.ping()))
+        except CoordinationUnavailable:
+            return False
+
+    def holder(self, purpose: str = "", prediction_id: str | None = None) -> Holder:
+        return Holder(replica=self.replica_id, purpose=purpose, prediction_id=prediction_id)
+
+    async def acquire(
+        self, semaphore_id: str, *, timeout_s: float, holder: Holder | None = None
+    ) -> Lease:
+        """A slot of a registered global semaphore; waits in FIFO order up to `timeout_s`."""
+        return await self.semaphores.acquire(
+            semaphore_id,
+            AcquireOptions(timeout_s=timeout_s, kind=GLOBAL, scope="semaphore"),
+            holder or self.holder(),
+        )
+
+    async def acquire_account(
+        self, account: str, *, limit: int, timeout_s: float, holder: Holder | None = None
+    ) -> Lease:
+        """A slot of an account's concurrency semaphore (created on first use with `limit`)."""
+        return await self.semaphores.acquire(
+            account,
+            AcquireOptions(
+                timeout_s=timeout_s,
+                kind=ACCOUNT,
+                create_limit=limit,
+                keys_ttl_ms=ACCOUNT_KEYS_TTL_MS,
+                scope="account_concurrency",
+            ),
+            holder or self.holder(),
+        )
+
+    async def take_account_rate(
+        self, account: str, *, limit_per_minute: int, timeout_s: float
+    ) -> WindowResult:
+        """One prediction creation from the account's sliding 60 s window."""
+        return await self.window.wait_take(
+            f"acct:{account}",
+            limit_per_minute,
+            timeout_s,
+            limit_scope="account_rate",
+            limit_id=account,
+        )

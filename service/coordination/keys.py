@@ -1,0 +1,69 @@
+"""Every Redis key and channel name, in one place (documented in docs/redis-keys.md).
+
+All keys of one semaphore share the hash tag `{<kind>:<id>}`, so each script touches one cluster
+slot. Kinds: `sem` (global semaphores, registered by id), `acct` (one per Replicate account
+fingerprint). Windows use `{win:<scope>}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GLOBAL = "sem"
+ACCOUNT = "acct"
+
+
+@dataclass(frozen=True)
+class SemaphoreKeys:
+    kind: str
+    semaphore_id: str
+    meta: str
+    holders: str
+    info: str
+    queue: str
+    qexp: str
+    qinfo: str
+    stats: str
+    channel: str
+
+    @property
+    def all(self) -> list[str]:
+        """In the order every semaphore script expects (redis_scripts/lib/common.lua)."""
+        return [self.meta, self.holders, self.info, self.queue, self.qexp, self.qinfo, self.stats]
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    prefix: str = "rcg"
+
+    def semaphore(self, semaphore_id: str, kind: str = GLOBAL) -> SemaphoreKeys:
+        base = f"{self.prefix}:{{{kind}:{semaphore_id}}}"
+        return SemaphoreKeys(
+            kind=kind,
+            semaphore_id=semaphore_id,
+            meta=f"{base}:meta",
+            holders=f"{base}:holders",
+            info=f"{base}:info",
+            queue=f"{base}:queue",
+            qexp=f"{base}:qexp",
+            qinfo=f"{base}:qinfo",
+            stats=f"{base}:stats",
+            channel=f"{base}:wake",
+        )
+
+    def window(self, scope: str) -> str:
+        return f"{self.prefix}:{{win:{scope}}}:log"
+
+    @property
+    def registry(self) -> str:
+        """SET of registered global semaphore ids (for listing only)."""
+        return f"{self.prefix}:semaphores"
+
+    @property
+    def epoch(self) -> str:
+        """A random token; when it vanishes or changes, Redis lost its data."""
+        return f"{self.prefix}:epoch"
+
+    @property
+    def channel_pattern(self) -> str:
+        return f"{self.prefix}:{{*}}:wake"

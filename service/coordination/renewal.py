@@ -1,0 +1,138 @@
+"""Background renewal of every lease this process holds, and detection of a Redis data loss.
+
+Every TTL/3 the renewer makes one renew_leases call per semaphore (all of this replica's leases
+on it at once). A lease that Redis no longer has is marked lost (its holder is told and must stop
+using the slot); it is never silently re-added, except when Redis lost its data, where the
+semaphore comes back with a grace period and old holders re-assert their leases.
+
+Data loss is also seen through the epoch key: a random token set once; if it vanishes or
+changes, this process suspects every semaphore for one TTL (new acquisitions that recreate a
+semaphore set a grace period), and re-creates the declared semaphores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from .errors import CoordinationUnavailable
+from .keys import KeySpace
+from .lease import Lease
+from .redis_errors import guarded
+from .scripts import Scripts
+from .semaphore import Semaphores
+from .tasks import stop_task
+
+log = logging.getLogger("service.coordination.renewal")
+
+
+class Renewer:
+    def __init__(
+        self,
+        *,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        keyspace: KeySpace,
+        semaphores: Semaphores,
+        on_data_loss: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._keyspace = keyspace
+        self._semaphores = semaphores
+        self._on_data_loss = on_data_loss
+        self._task: asyncio.Task[None] | None = None
+        self.epoch: str | None = None
+        self.data_losses_seen = 0
+        self.lost_total = 0
+        self.on_lost: list[Callable[[Lease], None]] = []
+
+    @property
+    def interval_s(self) -> float:
+        return self._semaphores.lease_ttl_s / 3
+
+    async def start(self) -> None:
+        with contextlib.suppress(CoordinationUnavailable):
+            await self.check_epoch()
+        self._task = asyncio.create_task(self._run(), name="lease-renewer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await stop_task(self._task)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.renew_all()
+                await self.check_epoch()
+                delay = self.interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Leases stay valid locally only while renewals succeed (Lease.is_valid); retry
+                # soon so a short Redis blip does not cost them.
+                log.warning("lease renewal failed", extra={"error": type(exc).__name__})
+                delay = min(1.0, self.interval_s)
+            await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+    async def check_epoch(self) -> None:
+        """Set the epoch token if absent; a vanished or changed token means Redis lost data."""
+        token = secrets.token_hex(8)
+        key = self._keyspace.epoch
+        await guarded(self._client.set(key, token, nx=True))
+        current_raw = await guarded(self._client.get(key))
+        current = current_raw.decode() if isinstance(current_raw, bytes) else current_raw
+        if self.epoch is not None and current != self.epoch:
+            self.data_losses_seen += 1
+            self._semaphores.loss_suspected_until = time.monotonic() + self._semaphores.lease_ttl_s
+            log.warning("Redis lost its data (epoch changed); holding new acquisitions for one TTL")
+            if self._on_data_loss is not None:
+                await self._on_data_loss()
+        self.epoch = current
+
+    async def renew_all(self) -> None:
+        groups: dict[tuple[str, str], list[Lease]] = defaultdict(list)
+        for lease in list(self._semaphores.held.values()):
+            if not lease.released and not lease.lost.is_set():
+                groups[(lease.kind, lease.semaphore_id)].append(lease)
+        if groups:
+            await asyncio.gather(*(self.renew_group(leases) for leases in groups.values()))
+
+    async def renew_group(self, leases: list[Lease]) -> None:
+        first = leases[0]
+        keys = self._keyspace.semaphore(first.semaphore_id, first.kind)
+        args: list[object] = [
+            self._semaphores.lease_ttl_ms,
+            first.limit,
+            self._semaphores.lease_ttl_ms,
+            first.keys_ttl_ms,
+        ]
+        for lease in leases:
+            args += [lease.lease_id, lease.epoch, lease.holder.to_json()]
+        reply = await guarded(self._scripts.call("renew_leases", keys.all, args))
+        expiry = int(reply[0])
+        epoch = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        for lease, code in zip(leases, reply[2:], strict=True):
+            if lease.released:
+                continue  # released while the renewal was in flight: not lost, just gone
+            if int(code) == 0:
+                self._semaphores.held.pop(lease.lease_id, None)
+                self.lost_total += 1
+                log.warning(
+                    "lease lost",
+                    extra={"semaphore_id": lease.semaphore_id, "lease_id": lease.lease_id},
+                )
+                lease.mark_lost()
+                for listener in self.on_lost:
+                    listener(lease)
+            else:
+                lease.renewed(expiry, epoch)

@@ -1,0 +1,47 @@
+"""Loads redis_scripts/*.lua and calls them through redis-py's Script objects (EVALSHA, with a
+transparent reload after NOSCRIPT, e.g. after a Redis restart or SCRIPT FLUSH)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "redis_scripts"
+_USES_COMMON = "-- uses: common"
+
+
+@cache
+def script_source(name: str) -> str:
+    """The Lua text of one operation, with the shared helpers prepended where it asks for them."""
+    text = (SCRIPTS_DIR / f"{name}.lua").read_text()
+    if _USES_COMMON in text:
+        text = (SCRIPTS_DIR / "lib" / "common.lua").read_text() + "\n" + text
+    return text
+
+
+class Scripts:
+    """One registered script per operation, bound to one client."""
+
+    NAMES = (
+        "acquire_slot",
+        "release_slot",
+        "renew_leases",
+        "annotate_lease",
+        "create_semaphore",
+        "set_limit",
+        "delete_semaphore",
+        "take_window",
+    )
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(script_source(name)) for name in self.NAMES
+        }
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._scripts[name](keys=list(keys), args=list(args))

@@ -1,0 +1,129 @@
+"""One `replicate.Client` per Replicate account, kept in a bounded LRU cache.
+
+Why a cache: each Client owns an httpx connection pool and there is no public close, so a
+Client per request leaks pools. Why per account: the token is baked into the client's headers.
+
+- Built lazily inside the running loop (its AsyncClient binds to the loop it first runs on); an
+  entry made on another loop (tests, a restarted loop) is dropped, never reused.
+- `base_url` is passed explicitly (the client would fall back to REPLICATE_BASE_URL), and an
+  empty token is refused (the client would fall back to REPLICATE_API_TOKEN: another tenant's).
+- The pool is sized through `transport=`: the client ignores `limits=`.
+- Eviction never closes a client under use: a lease pins it, and the last user closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from replicate.client import Client
+
+from service.errors import Unauthorized, Unavailable
+from service.fingerprint import token_fingerprint
+from service.upstream.exchange import record_response
+
+logger = logging.getLogger("service.upstream")
+
+
+@dataclass(eq=False)
+class _Entry:
+    client: Client
+    loop: asyncio.AbstractEventLoop
+    users: int = 0
+    evicted: bool = False
+
+
+class ClientCache:
+    """Bounded LRU of `replicate.Client`, keyed by token fingerprint (never by the token)."""
+
+    def __init__(self, base_url: str, *, max_clients: int = 256, pool_size: int = 60) -> None:
+        if max_clients < 1 or pool_size < 1:
+            raise ValueError("max_clients and pool_size must be >= 1")
+        self._base_url = base_url.rstrip("/")
+        self._max_clients = max_clients
+        self._pool_size = pool_size
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ClientCache(base_url={self._base_url!r}, clients={len(self._entries)})"
+
+    @contextlib.asynccontextmanager
+    async def lease(self, token: str) -> AsyncIterator[Client]:
+        """The account's client, pinned (not closed by eviction) until the block exits."""
+        entry = await self._entry(token)
+        entry.users += 1
+        try:
+            yield entry.client
+        finally:
+            entry.users -= 1
+            if entry.evicted and entry.users == 0:
+                await _close(entry)
+
+    async def aclose(self) -> None:
+        """Close every cached client's connection pool; later leases raise Unavailable.
+
+        A client still leased (a prediction being cancelled during shutdown) is closed by its
+        last user instead, so that cancel can still reach Replicate.
+        """
+        self._closed = True
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for entry in entries:
+            entry.evicted = True
+            if entry.users == 0:
+                await _close(entry)
+
+    async def _entry(self, token: str) -> _Entry:
+        if not token or not token.strip():
+            # Client(api_token="") would silently use the server's REPLICATE_API_TOKEN.
+            raise Unauthorized("A Replicate API token is required")
+        if self._closed:
+            raise Unavailable("Upstream client is shut down")
+        loop = asyncio.get_running_loop()
+        key = token_fingerprint(token)
+        entry = self._entries.get(key)
+        if entry is not None and entry.loop is loop:
+            self._entries.move_to_end(key)
+            return entry
+        if entry is not None:  # built on a loop that is gone: unusable, and not closable here
+            del self._entries[key]
+            entry.evicted = True
+        entry = _Entry(client=self._build(token), loop=loop)
+        self._entries[key] = entry
+        while len(self._entries) > self._max_clients:
+            _, old = self._entries.popitem(last=False)
+            old.evicted = True
+            if old.users == 0 and old.loop is loop:
+                await _close(old)
+        return entry
+
+    def _build(self, token: str) -> Client:
+        limits = httpx.Limits(
+            max_connections=self._pool_size, max_keepalive_connections=self._pool_size
+        )
+        return Client(
+            api_token=token,
+            base_url=self._base_url,
+            transport=httpx.AsyncHTTPTransport(limits=limits),
+            event_hooks={"response": [record_response]},
+        )
+
+
+async def _close(entry: _Entry) -> None:
+    # The AsyncClient is created on first use; name-mangled attribute = "does it exist yet".
+    async_client = getattr(entry.client, "_Client__async_client", None)
+    if async_client is None:
+        return
+    try:
+        await async_client.aclose()
+    except Exception:  # closing is best effort; never let it mask the caller's outcome
+        logger.warning("closing a Replicate client failed", exc_info=True)

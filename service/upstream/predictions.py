@@ -1,0 +1,361 @@
+"""One prediction, from create to a terminal status; cancelled on every other way out.
+
+Timeline of `PredictionRun.execute` (prefer_wait_s=5, poll 1 s, growing 1.5x up to 3 s):
+
+    before_create()  POST /v1/models/o/n/predictions  Prefer: wait=5   (held ≤ 5 s)
+      429 → sleep Retry-After → before_create() → POST ...   (≤ create_retries times)
+      5xx / not sent → sleep backoff → before_create() → POST ...   (≤ transient_retries)
+    201 {"id": "abc", "status": "starting"}  → on_created("abc")
+    sleep 1.0  before_poll()  GET /v1/predictions/abc  processing
+    sleep 1.5  before_poll()  GET ...                   processing (output may be there: not done)
+    sleep 2.25 before_poll()  GET ...                   succeeded → PredictionResult
+    failed / canceled / aborted → PredictionFailed;  deadline passed → cancel + UpstreamError
+
+The invariant a slot holder relies on: when `execute` returns or raises, the prediction is
+known terminal, was cancelled, or was never created. Hence:
+- cancelled while polling → POST /v1/predictions/abc/cancel (shielded, bounded), then re-raise;
+- cancelled during the create hold (id unknown yet) → let the create finish (shielded), cancel
+  the id it returns, then re-raise;
+- any other error after the id is known (hook failed, deadline, lost track) → cancel, re-raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic.v1 import ValidationError as ClientValidationError
+from replicate.client import Client
+from replicate.exceptions import ReplicateError
+
+from service.errors import UpstreamError, UpstreamThrottled
+from service.upstream.exchange import exchange_scope
+from service.upstream.policy import (
+    Throttled,
+    Transient,
+    backoff_s,
+    classify_by_id,
+    classify_create,
+    throttle_delay_s,
+)
+from service.upstream.results import KNOWN_STATUSES, PredictionResult, Snapshot, to_result
+from service.upstream.tasks import settle
+
+logger = logging.getLogger("service.upstream")
+
+Hook = Callable[[], Awaitable[None]]
+CreatedHook = Callable[[str], Awaitable[None]]
+
+# How long a create may still take once we were cancelled: the Prefer-wait hold + 0.5 s read
+# slack, plus the client's 5 s connect and 5 s pool timeouts.
+_CREATE_SLACK_S = 11.0
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The numbers (and injectable time) behind retries, polling and deadlines."""
+
+    prefer_wait_s: int = 5
+    create_retries: int = 5
+    transient_retries: int = 4
+    poll_interval_s: float = 1.0
+    max_poll_interval_s: float = 3.0
+    prediction_timeout_s: float = 900.0
+    backoff_base_s: float = 0.2
+    backoff_cap_s: float = 5.0
+    max_throttle_wait_s: float = 60.0
+    cancel_timeout_s: float = 5.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class PredictionRun:
+    """Create one prediction and follow it to a terminal status (see the module timeline)."""
+
+    def __init__(
+        self,
+        client: Client,
+        model: str,
+        replicate_input: dict[str, Any],
+        tuning: Tuning,
+        *,
+        account: str,
+        before_create: Hook | None = None,
+        before_poll: Hook | None = None,
+        on_created: CreatedHook | None = None,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._input = replicate_input
+        self._t = tuning
+        self._clock = tuning.clock
+        self._before_create = before_create
+        self._before_poll = before_poll
+        self._on_created = on_created
+        self._deadline = tuning.clock() + tuning.prediction_timeout_s
+        self._interval_s = tuning.poll_interval_s
+        self._account = account
+        self.prediction_id: str | None = None
+        self.terminal = False
+
+    async def execute(self) -> PredictionResult:
+        try:
+            snapshot = await self._create()
+            if self._on_created is not None:
+                await self._on_created(snapshot.prediction_id)
+            while not snapshot.terminal:
+                snapshot = await self._poll()
+            return to_result(snapshot)
+        except BaseException as exc:
+            if self.prediction_id is not None and not self.terminal:
+                await self._cancel(reason=type(exc).__name__)
+            raise
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def _create(self) -> Snapshot:
+        throttles = failures = 0
+        while True:
+            if self._before_create is not None:
+                await self._before_create()
+            try:
+                snapshot = await self._create_once()
+            except Throttled as exc:
+                delay = throttle_delay_s(
+                    exc.retry_after_s, throttles, cap_s=self._t.max_throttle_wait_s, rng=self._t.rng
+                )
+                retry_after = exc.retry_after_s if exc.retry_after_s is not None else delay
+                if (
+                    throttles >= self._t.create_retries
+                    or delay > self._t.max_throttle_wait_s
+                    or self._clock() + delay > self._deadline
+                ):
+                    self._log(logging.WARNING, "create throttled: giving up", retry_after_s=delay)
+                    raise UpstreamThrottled(
+                        f"Replicate is throttling prediction creation for this account "
+                        f"(HTTP 429 after {throttles + 1} attempts)",
+                        retry_after_s=retry_after,
+                    ) from None
+                throttles += 1
+                self._log(
+                    logging.INFO,
+                    "create throttled: retrying",
+                    attempt=throttles,
+                    retry_after_s=round(delay, 3),
+                )
+                await self._t.sleep(delay)
+                continue
+            except Transient as exc:
+                if failures >= self._t.transient_retries:
+                    raise UpstreamError(
+                        f"Replicate is unavailable ({exc.reason} after {failures + 1} attempts)"
+                    ) from None
+                delay = self._backoff(failures)
+                failures += 1
+                self._log(
+                    logging.INFO,
+                    "create failed: retrying",
+                    attempt=failures,
+                    reason=exc.reason,
+                    delay_s=round(delay, 3),
+                )
+                await self._sleep_within_deadline(delay)
+                continue
+            self._observe(snapshot)
+            self._log(logging.INFO, "prediction created", status=snapshot.status)
+            return snapshot
+
+    async def _create_once(self) -> Snapshot:
+        """One POST, shielded: if we are cancelled during the hold, it ends and we learn the id."""
+        task = asyncio.create_task(self._post())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            settled = await settle(task, self._t.prefer_wait_s + _CREATE_SLACK_S)
+            if settled.result is not None:
+                self._note(settled.result)  # execute() cancels it on the way out
+            elif not settled.finished:
+                self._log(
+                    logging.ERROR,
+                    "create still unanswered after cancellation: a prediction may be left running",
+                )
+            raise
+
+    async def _post(self) -> Snapshot:
+        with exchange_scope() as exchange:
+            try:
+                prediction = await self._client.models.predictions.async_create(
+                    model=self._model, input=self._input, wait=self._t.prefer_wait_s
+                )
+            except ClientValidationError:
+                # The client's model knows five statuses; "aborted" (or a new field) lands here.
+                snapshot = Snapshot.from_json(exchange.json())
+                if snapshot is None:
+                    raise UpstreamError(
+                        "Replicate answered the create with an unreadable prediction"
+                    ) from None
+                return snapshot
+            except Exception as exc:
+                raise classify_create(exc, exchange, self._model) from _chain(exc)
+            return Snapshot.from_prediction(prediction)
+
+    # -- poll -----------------------------------------------------------------------------
+
+    async def _poll(self) -> Snapshot:
+        pid = self._id()
+        delay = self._interval_s
+        self._interval_s = min(self._interval_s * 1.5, self._t.max_poll_interval_s)
+        failures = throttles = 0
+        while True:
+            await self._sleep_within_deadline(delay)
+            if self._before_poll is not None:
+                await self._before_poll()
+            try:
+                async with asyncio.timeout(max(0.0, self._deadline - self._clock())):
+                    snapshot = await self._get_once(pid)
+            except TimeoutError:
+                raise self._timed_out() from None
+            except Throttled as exc:
+                delay = throttle_delay_s(
+                    exc.retry_after_s, throttles, cap_s=self._t.max_throttle_wait_s, rng=self._t.rng
+                )
+                throttles += 1
+                self._log(
+                    logging.INFO, "poll throttled: backing off", retry_after_s=round(delay, 3)
+                )
+                continue
+            except Transient as exc:
+                if failures >= self._t.transient_retries:
+                    raise UpstreamError(
+                        f"Lost track of prediction {pid}: {exc.reason} "
+                        f"after {failures + 1} attempts",
+                        fields={"prediction_id": pid},
+                    ) from None
+                delay = self._backoff(failures)
+                failures += 1
+                self._log(
+                    logging.INFO, "poll failed: retrying", attempt=failures, reason=exc.reason
+                )
+                continue
+            self._observe(snapshot)
+            return snapshot
+
+    async def _get_once(self, pid: str) -> Snapshot:
+        with exchange_scope() as exchange:
+            try:
+                prediction = await self._client.predictions.async_get(pid)
+            except ClientValidationError:
+                snapshot = Snapshot.from_json(exchange.json())
+                if snapshot is None:
+                    raise UpstreamError(
+                        f"Replicate answered with an unreadable prediction {pid}",
+                        fields={"prediction_id": pid},
+                    ) from None
+                return snapshot
+            except Exception as exc:
+                raise classify_by_id(exc, exchange, pid) from _chain(exc)
+            return Snapshot.from_prediction(prediction)
+
+    # -- cancel ---------------------------------------------------------------------------
+
+    async def _cancel(self, *, reason: str) -> None:
+        """Cancel by id, shielded from our own cancellation and bounded by cancel_timeout_s."""
+        task = asyncio.create_task(self._cancel_with_retries())
+        settled = await settle(task, self._t.cancel_timeout_s)
+        if not settled.finished:
+            self._log(logging.ERROR, "cancel did not finish in time", reason=reason)
+        if settled.interrupted:
+            raise asyncio.CancelledError
+
+    async def _cancel_with_retries(self) -> None:
+        pid = self._id()
+        for attempt in range(self._t.transient_retries + 1):
+            with exchange_scope() as exchange:
+                try:
+                    prediction = await self._client.predictions.async_cancel(pid)
+                    status = str(prediction.status)
+                except ClientValidationError:
+                    snapshot = Snapshot.from_json(exchange.json())
+                    status = snapshot.status if snapshot else "unknown"
+                except Exception as exc:
+                    error = classify_by_id(exc, exchange, pid)
+                    if (
+                        isinstance(error, Throttled | Transient)
+                        and attempt < self._t.transient_retries
+                    ):
+                        if isinstance(error, Throttled):
+                            delay = min(error.retry_after_s or 1.0, self._t.backoff_cap_s)
+                        else:
+                            delay = self._backoff(attempt)
+                        await self._t.sleep(delay)
+                        continue
+                    self._log(logging.WARNING, "cancel failed", reason=str(error))
+                    return
+            self.terminal = True
+            self._log(logging.INFO, "prediction cancelled", status=status)
+            return
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _note(self, snapshot: Snapshot) -> None:
+        self.prediction_id = snapshot.prediction_id
+        self.terminal = snapshot.terminal
+
+    def _observe(self, snapshot: Snapshot) -> None:
+        self._note(snapshot)
+        if snapshot.status not in KNOWN_STATUSES:
+            raise UpstreamError(
+                f"Prediction {snapshot.prediction_id} has an unknown status {snapshot.status!r}",
+                fields={"prediction_id": snapshot.prediction_id},
+            )
+
+    def _id(self) -> str:
+        if self.prediction_id is None:  # pragma: no cover - guarded by the call order
+            raise RuntimeError("no prediction id yet")
+        return self.prediction_id
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_s(
+            attempt, base_s=self._t.backoff_base_s, cap_s=self._t.backoff_cap_s, rng=self._t.rng
+        )
+
+    async def _sleep_within_deadline(self, delay_s: float) -> None:
+        remaining = self._deadline - self._clock()
+        if remaining <= 0 or delay_s > remaining:
+            if delay_s > remaining > 0:
+                await self._t.sleep(remaining)
+            raise self._timed_out()
+        await self._t.sleep(delay_s)
+
+    def _timed_out(self) -> UpstreamError:
+        timeout = self._t.prediction_timeout_s
+        if self.prediction_id is None:
+            return UpstreamError(f"Creating the prediction timed out after {timeout:g} s")
+        self._log(logging.WARNING, "prediction timed out")
+        return UpstreamError(
+            f"Prediction {self.prediction_id} timed out after {timeout:g} s; cancelling it",
+            fields={"prediction_id": self.prediction_id},
+        )
+
+    def _log(self, level: int, event: str, **fields: Any) -> None:
+        extra = {
+            "event": event,
+            "model": self._model,
+            "account": self._account,
+            "prediction_id": self.prediction_id,
+            **fields,
+        }
+        logger.log(level, event, extra=extra)
+
+
+def _chain(exc: Exception) -> BaseException | None:
+    """Keep ReplicateError as the cause; drop httpx errors (they hold the request and its token)."""
+    return exc if isinstance(exc, ReplicateError) else None

@@ -1,0 +1,123 @@
+"""Runs the real Lua scripts on fakeredis with a controllable Redis clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+from fakeredis.commands_mixins import server_mixin
+
+from service.coordination.keys import KeySpace, SemaphoreKeys
+from service.coordination.scripts import Scripts, script_source
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Harness:
+    """Sync access to every script, with the keys of one semaphore and one window."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        self.scripts = {
+            name: self.client.register_script(script_source(name)) for name in Scripts.NAMES
+        }
+        self.keys: SemaphoreKeys = KeySpace("t").semaphore("s")
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(self.keys.channel)
+        self.pubsub.get_message(timeout=0.1)
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self.scripts[name](keys=keys, args=args)
+
+    def create(self, limit: int) -> int:
+        return int(
+            self.run("create_semaphore", self.keys.all, [limit, "create", self.keys.channel])
+        )
+
+    def acquire(
+        self,
+        lease_id: str,
+        *,
+        ttl_ms: int = 1000,
+        queue: bool = True,
+        create_limit: int = 0,
+        grace_ms: int = 0,
+        queue_ttl_ms: int = 3000,
+    ) -> list[Any]:
+        return list(
+            self.run(
+                "acquire_slot",
+                self.keys.all,
+                [
+                    lease_id,
+                    ttl_ms,
+                    json.dumps({"replica": "r"}),
+                    "1" if queue else "0",
+                    queue_ttl_ms,
+                    create_limit,
+                    grace_ms,
+                    0,
+                    self.keys.channel,
+                    "{}",
+                ],
+            )
+        )
+
+    def release(self, lease_id: str) -> int:
+        return int(self.run("release_slot", self.keys.all, [lease_id, self.keys.channel, ""]))
+
+    def renew(
+        self,
+        leases: list[tuple[str, str]],
+        *,
+        ttl_ms: int = 1000,
+        create_limit: int = 0,
+        grace_ms: int = 1000,
+    ) -> list[Any]:
+        args: list[Any] = [ttl_ms, create_limit, grace_ms, 0]
+        for lease_id, epoch in leases:
+            args += [lease_id, epoch, "{}"]
+        return list(self.run("renew_leases", self.keys.all, args))
+
+    def take(self, limit: int, request_id: str, window_ms: int = 60_000) -> list[int]:
+        return [
+            int(x)
+            for x in self.run("take_window", ["t:{win:a}:log"], [limit, window_ms, request_id])
+        ]
+
+    def live_holders(self) -> int:
+        now_ms = int(self.clock.now * 1000)
+        return int(self.client.zcount(self.keys.holders, f"({now_ms}", "+inf"))
+
+    def published(self) -> list[str]:
+        out: list[str] = []
+        while True:
+            message = self.pubsub.get_message(timeout=0.01)
+            if message is None:
+                return out
+            if message["type"] == "message":
+                out.append(message["data"].decode())
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(server_mixin, "time", fake)
+    return fake
+
+
+@pytest.fixture
+def harness(clock: FakeClock) -> Harness:
+    return Harness(clock)

@@ -3,6 +3,7 @@
 --
 -- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
 -- ARGV[1] limit (>= 1), ARGV[2] mode "create" | "ensure", ARGV[3] wake channel
+-- ARGV[4] grace (ms) before the first acquisition, when Redis may have lost live leases
 -- Returns: 1 created, 0 already existed (mode create: unchanged), 2 limit updated (mode ensure)
 local limit = tonumber(ARGV[1])
 local now = now_ms()
@@ -14,5 +15,5 @@ if existing then
   return 2
 end
 redis.call('HSET', KEYS[1], 'limit', limit, 'epoch', now .. ':create', 'created_ms', now,
-  'grace_until', 0)
+  'grace_until', now + tonumber(ARGV[4] or '0'))
 return 1

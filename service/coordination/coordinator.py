@@ -97,10 +97,11 @@ class Coordinator:
 
     async def start(self) -> None:
         """Never fails because Redis is down: the service starts degraded and recovers."""
+        self.semaphores.refresh_epoch = self.renewer.refresh_epoch
+        await self.renewer.start()  # reads the epoch first: declared semaphores may need grace
         with contextlib.suppress(CoordinationUnavailable):
             await self.ensure_declared()
         await self.dispatcher.start()
-        await self.renewer.start()
 
     async def close(self) -> None:
         """Release every lease this process holds, then stop the background tasks."""
@@ -113,7 +114,8 @@ class Coordinator:
 
     async def ensure_declared(self) -> None:
         for semaphore_id, limit in self.config.declared.items():
-            await self.registry.ensure(semaphore_id, limit)
+            grace_ms = self.semaphores.grace_ms_for(GLOBAL, semaphore_id)
+            await self.registry.ensure(semaphore_id, limit, grace_ms)
 
     async def ping(self) -> bool:
         try:

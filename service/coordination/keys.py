@@ -65,5 +65,10 @@ class KeySpace:
         return f"{self.prefix}:epoch"
 
     @property
+    def fresh(self) -> str:
+        """Exists (with a TTL) while a new or restarted Redis may be missing live leases."""
+        return f"{self.prefix}:fresh"
+
+    @property
     def channel_pattern(self) -> str:
         return f"{self.prefix}:{{*}}:wake"

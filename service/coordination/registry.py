@@ -61,19 +61,20 @@ class SemaphoreRegistry:
         keys = self._keyspace.semaphore(semaphore_id, GLOBAL)
         reply = await guarded(
             self._scripts.call(
-                "create_semaphore", keys.all, [check_limit(limit), "create", keys.channel]
+                "create_semaphore", keys.all, [check_limit(limit), "create", keys.channel, 0]
             )
         )
         await guarded(self._client.sadd(self._keyspace.registry, semaphore_id))
         if int(reply) == 0:
             raise SemaphoreExists(semaphore_id)
 
-    async def ensure(self, semaphore_id: str, limit: int) -> bool:
-        """Create, or set the limit of, a declared semaphore. True if it was (re)created."""
+    async def ensure(self, semaphore_id: str, limit: int, grace_ms: int = 0) -> bool:
+        """Create, or set the limit of, a declared semaphore. True if it was (re)created; a
+        re-creation after a data loss gets `grace_ms` before its first acquisition."""
         keys = self._keyspace.semaphore(semaphore_id, GLOBAL)
         reply = await guarded(
             self._scripts.call(
-                "create_semaphore", keys.all, [check_limit(limit), "ensure", keys.channel]
+                "create_semaphore", keys.all, [check_limit(limit), "ensure", keys.channel, grace_ms]
             )
         )
         await guarded(self._client.sadd(self._keyspace.registry, semaphore_id))

@@ -50,6 +50,7 @@ class Renewer:
         self._on_data_loss = on_data_loss
         self._task: asyncio.Task[None] | None = None
         self.epoch: str | None = None
+        self.last_epoch_check = float("-inf")
         self.data_losses_seen = 0
         self.lost_total = 0
         self.on_lost: list[Callable[[Lease], None]] = []
@@ -85,19 +86,48 @@ class Renewer:
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
 
     async def check_epoch(self) -> None:
-        """Set the epoch token if absent; a vanished or changed token means Redis lost data."""
+        """Notice a Redis that lost its data, or is new.
+
+        The epoch key holds a random token. When it changes, Redis lost its data while this
+        process was running: every semaphore is suspect for one TTL. When this process is the
+        one that sets it, the store is new: if Redis itself started less than one TTL ago it
+        may have restarted empty under live holders, so a `fresh` key with the rest of that TTL
+        tells every process to give re-created semaphores a grace period. (An operator who
+        starts a deployment on a new Redis can skip the wait: `SET <prefix>:epoch any`.)
+        """
+        self.last_epoch_check = time.monotonic()
         token = secrets.token_hex(8)
-        key = self._keyspace.epoch
-        await guarded(self._client.set(key, token, nx=True))
-        current_raw = await guarded(self._client.get(key))
-        current = current_raw.decode() if isinstance(current_raw, bytes) else current_raw
+        ttl_ms = self._semaphores.lease_ttl_ms
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self._keyspace.epoch, token, nx=True)
+        pipe.get(self._keyspace.epoch)
+        pipe.pttl(self._keyspace.fresh)
+        created, current_raw, fresh_ms = await guarded(pipe.execute())
+        current = current_raw.decode() if isinstance(current_raw, bytes) else str(current_raw)
+        if created:
+            uptime_s = float((await guarded(self._client.info("server")))["uptime_in_seconds"])
+            young_ms = int(ttl_ms - uptime_s * 1000)
+            if young_ms > 0:
+                await guarded(self._client.set(self._keyspace.fresh, "1", px=young_ms, nx=True))
+                fresh_ms = young_ms
+        if int(fresh_ms) > 0:
+            self._suspect(int(fresh_ms) / 1000)
         if self.epoch is not None and current != self.epoch:
             self.data_losses_seen += 1
-            self._semaphores.loss_suspected_until = time.monotonic() + self._semaphores.lease_ttl_s
+            self._suspect(self._semaphores.lease_ttl_s)
             log.warning("Redis lost its data (epoch changed); holding new acquisitions for one TTL")
             if self._on_data_loss is not None:
                 await self._on_data_loss()
         self.epoch = current
+
+    def _suspect(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        self._semaphores.loss_suspected_until = max(self._semaphores.loss_suspected_until, until)
+
+    async def refresh_epoch(self) -> None:
+        """At most once a second, for callers about to create a semaphore."""
+        if time.monotonic() - self.last_epoch_check >= 1.0:
+            await self.check_epoch()
 
     async def renew_all(self) -> None:
         groups: dict[tuple[str, str], list[Lease]] = defaultdict(list)

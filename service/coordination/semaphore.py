@@ -24,7 +24,8 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .errors import AcquireTimeout, SemaphoreNotFound
@@ -33,6 +34,9 @@ from .lease import Holder, Lease, shielded
 from .redis_errors import guarded
 from .scripts import Scripts
 from .wake import WakeDispatcher
+
+KNOWN_FOR_S = 3600.0
+KNOWN_MAX = 10_000
 
 # Called with (lease, seconds waited) on acquire and release, for metrics; must not block.
 LeaseListener = Callable[[Lease, float], None]
@@ -69,6 +73,11 @@ class Semaphores:
         self._queue_entry_ttl_ms = int(queue_entry_ttl_s * 1000)
         self.held: dict[str, Lease] = {}
         self.loss_suspected_until = 0.0
+        # Semaphores this process used lately: if one of them is found missing, Redis lost it.
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # Re-reads the epoch; awaited before this process first uses a semaphore, so that a
+        # semaphore it creates right after an unnoticed Redis restart still gets its grace.
+        self.refresh_epoch: Callable[[], Awaitable[None]] | None = None
         self.on_acquired: list[LeaseListener] = []
         self.on_released: list[LeaseListener] = []
 
@@ -80,15 +89,27 @@ class Semaphores:
         return self._keyspace.semaphore(lease.semaphore_id, lease.kind)
 
     def grace_ms_for(self, kind: str, semaphore_id: str) -> int:
-        """Grace to set if this call finds the semaphore gone: any hint that Redis lost data
-        (this process holds leases there, or saw the epoch change) means old holders may still
-        run, so new acquisitions must wait one TTL while they re-assert their leases."""
+        """Grace to set if this call finds the semaphore gone. Any hint that Redis lost data
+        (the store is young and its epoch new, or this process used the semaphore within the
+        hour, which is far less than the keys' TTL) means old holders may still run, so new
+        acquisitions must wait one TTL while those re-assert their leases."""
         if time.monotonic() < self.loss_suspected_until:
             return self.lease_ttl_ms
-        for lease in self.held.values():
-            if lease.kind == kind and lease.semaphore_id == semaphore_id:
-                return self.lease_ttl_ms
+        seen = self._known.get((kind, semaphore_id))
+        if seen is not None and time.monotonic() - seen < KNOWN_FOR_S:
+            return self.lease_ttl_ms
         return 0
+
+    async def _grace_and_remember(self, kind: str, semaphore_id: str) -> int:
+        key = (kind, semaphore_id)
+        if key not in self._known and self.refresh_epoch is not None:
+            await self.refresh_epoch()
+        grace_ms = self.grace_ms_for(kind, semaphore_id)
+        self._known[key] = time.monotonic()
+        self._known.move_to_end(key)
+        while len(self._known) > KNOWN_MAX:
+            self._known.popitem(last=False)
+        return grace_ms
 
     async def acquire(
         self, semaphore_id: str, options: AcquireOptions, holder: Holder | None = None
@@ -103,6 +124,7 @@ class Semaphores:
         queue = "1" if options.timeout_s > 0 else "0"
         acquired = False
         try:
+            grace_ms = await self._grace_and_remember(options.kind, semaphore_id)
             while True:
                 wake.clear()
                 reply = await guarded(
@@ -116,7 +138,7 @@ class Semaphores:
                             queue,
                             self._queue_entry_ttl_ms,
                             options.create_limit,
-                            self.grace_ms_for(options.kind, semaphore_id),
+                            grace_ms,
                             options.keys_ttl_ms,
                             keys.channel,
                             waiter_json,

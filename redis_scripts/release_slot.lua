@@ -5,7 +5,8 @@
 -- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
 -- ARGV[1] lease id (or waiter id)
 -- ARGV[2] wake channel
--- ARGV[3] optional stats counter to increment when a queue entry was removed (e.g. "timed_out")
+-- ARGV[3] optional stats counter to increment when something was released or dequeued
+--         ("timed_out", "force_released")
 -- Returns: 1 a live slot was released, 2 a queue entry was removed, 0 nothing to do
 local id = ARGV[1]
 local now = now_ms()
@@ -20,9 +21,9 @@ if redis.call('ZREM', KEYS[4], id) == 1 then
   redis.call('ZREM', KEYS[5], id)
   redis.call('HDEL', KEYS[6], id)
   if result == 0 then result = 2 end
-  if ARGV[3] and ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[3], 1) end
 end
 if result > 0 then
+  if ARGV[3] and ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[3], 1) end
   purge(now, 64)
   wake_heads(now, ARGV[2])
 end

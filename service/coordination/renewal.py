@@ -73,8 +73,9 @@ class Renewer:
         while True:
             started = time.monotonic()
             try:
-                await self.renew_all()
+                # Epoch first: after a data loss, this tick's renewals may re-create semaphores.
                 await self.check_epoch()
+                await self.renew_all()
                 delay = self.interval_s
             except asyncio.CancelledError:
                 raise
@@ -140,9 +141,12 @@ class Renewer:
     async def renew_group(self, leases: list[Lease]) -> None:
         first = leases[0]
         keys = self._keyspace.semaphore(first.semaphore_id, first.kind)
+        # Re-create a missing semaphore only when Redis lost data; otherwise it was deleted
+        # and its leases are lost.
+        suspected = time.monotonic() < self._semaphores.loss_suspected_until
         args: list[object] = [
             self._semaphores.lease_ttl_ms,
-            first.limit,
+            first.limit if suspected else 0,
             self._semaphores.lease_ttl_ms,
             first.keys_ttl_ms,
         ]

@@ -176,3 +176,28 @@ async def test_window_cost_does_not_grow_with_the_limit(redis_url: str) -> None:
     await client.config_set("slowlog-log-slower-than", 10000)
     await client.aclose()
     await c.close()
+
+
+async def test_deleting_a_semaphore_with_live_holders_is_not_undone_by_their_renewal(
+    redis_url: str,
+) -> None:
+    c = await connect(redis_url, lease_ttl_s=0.9)
+    await c.registry.create("doomed", 2)
+    lease = await c.acquire("doomed", timeout_s=1)
+    await c.registry.delete("doomed")
+    await asyncio.wait_for(lease.lost.wait(), 3)  # its next renewal finds it gone
+    with pytest.raises(SemaphoreNotFound):
+        await c.registry.view("doomed")
+    assert await c.registry.list() == []
+    await c.close()
+
+
+async def test_force_release_frees_the_slot_and_counts_it(redis_url: str) -> None:
+    c = await connect(redis_url, lease_ttl_s=0.9)
+    await c.registry.create("stuck", 1)
+    lease = await c.acquire("stuck", timeout_s=1)
+    assert await c.registry.force_release("stuck", lease.lease_id)
+    await asyncio.wait_for(lease.lost.wait(), 3)
+    view = await c.registry.view("stuck", detail=True)
+    assert view.counters["force_released"] == 1 and view.in_use == 0
+    await c.close()

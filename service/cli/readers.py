@@ -1,0 +1,90 @@
+"""Reads the registry does not offer: an account's window logs and the list of accounts.
+
+Read-only, and bounded: a window log holds at most its limit of entries inside the window, and
+only a few are fetched; accounts are found with SCAN in pages (never KEYS).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from service.coordination import ACCOUNT, KeySpace
+from service.coordination.redis_errors import guarded
+from service.coordination.window import WINDOW_S
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """One sliding window as an operator sees it (Redis server time)."""
+
+    scope: str
+    key: str
+    window_s: float
+    limit: int
+    admissions: int
+    remaining: int
+    oldest_age_s: float | None
+    next_free_in_s: float
+
+
+async def server_now_ms(client: aioredis.Redis) -> int:
+    seconds, micros = await guarded(client.time())
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def read_window(
+    client: aioredis.Redis, keyspace: KeySpace, scope: str, limit: int
+) -> WindowReport:
+    """Mirrors take_window.lua: an entry counts while its score > now - window, and when full the
+    next slot frees 1 ms after the entry at rank (count - limit) leaves the window."""
+    key = keyspace.window(scope)
+    window_ms = int(WINDOW_S * 1000)
+    now = await server_now_ms(client)
+    low = f"({now - window_ms}"
+    pipe = client.pipeline(transaction=False)
+    pipe.zcount(key, low, "+inf")
+    pipe.zrangebyscore(key, low, "+inf", start=0, num=1, withscores=True)
+    count_reply, oldest_reply = await guarded(pipe.execute())
+    admissions = int(count_reply)
+    oldest_age_s = (now - float(oldest_reply[0][1])) / 1000 if oldest_reply else None
+    next_free_in_s = 0.0
+    if admissions >= limit:
+        entry = await guarded(
+            client.zrangebyscore(key, low, "+inf", start=admissions - limit, num=1, withscores=True)
+        )
+        if entry:
+            next_free_in_s = max(0.0, (float(entry[0][1]) + window_ms - now + 1) / 1000)
+    return WindowReport(
+        scope=scope,
+        key=key,
+        window_s=WINDOW_S,
+        limit=limit,
+        admissions=admissions,
+        remaining=max(0, limit - admissions),
+        oldest_age_s=None if oldest_age_s is None else round(oldest_age_s, 3),
+        next_free_in_s=round(next_free_in_s, 3),
+    )
+
+
+async def scan_accounts(client: aioredis.Redis, keyspace: KeySpace) -> list[str]:
+    """Fingerprints of every account whose concurrency semaphore exists (its meta key lives 24 h
+    after the account's last acquisition or renewal)."""
+    template = keyspace.semaphore("\0", ACCOUNT).meta
+    head, _, tail = template.partition("\0")
+    pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*" + _GLOB_SPECIAL.sub(r"\\\1", tail)
+    found: set[str] = set()
+    cursor = 0
+    while True:
+        cursor, page = await guarded(client.scan(cursor=cursor, match=pattern, count=1000))
+        for raw in page:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if name.startswith(head) and name.endswith(tail):
+                found.add(name[len(head) : len(name) - len(tail)])
+        if int(cursor) == 0:
+            break
+    return sorted(found)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import time
@@ -127,6 +128,9 @@ class Semaphores:
             grace_ms = await self._grace_and_remember(options.kind, semaphore_id)
             while True:
                 wake.clear()
+                # Each lease gets its own copy, stamped with the moment of this attempt (the one
+                # that admits it is the one Redis keeps).
+                holder = dataclasses.replace(holder, acquired_at=time.time())
                 reply = await guarded(
                     self._scripts.call(
                         "acquire_slot",

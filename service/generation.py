@@ -124,7 +124,7 @@ class Generator:
         if semaphore_id is None:
             return
         try:
-            exists = await self._coordinator.registry.exists(semaphore_id)
+            exists = await self._coordinator.semaphore_exists(semaphore_id)
         except CoordinationUnavailable as exc:
             raise _unavailable() from exc
         if not exists:

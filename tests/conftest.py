@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.simulator",
     "tests.unit.script_harness",
+    "tests.fixtures.cluster",
 ]

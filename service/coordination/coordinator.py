@@ -129,12 +129,22 @@ class Coordinator:
     async def acquire(
         self, semaphore_id: str, *, timeout_s: float, holder: Holder | None = None
     ) -> Lease:
-        """A slot of a registered global semaphore; waits in FIFO order up to `timeout_s`."""
+        """A slot of a global semaphore; waits in FIFO order up to `timeout_s`. A semaphore
+        declared in this process's configuration is (re)created on demand with its declared
+        limit, like an account semaphore; any other must have been registered."""
         return await self.semaphores.acquire(
             semaphore_id,
-            AcquireOptions(timeout_s=timeout_s, kind=GLOBAL, scope="semaphore"),
+            AcquireOptions(
+                timeout_s=timeout_s,
+                kind=GLOBAL,
+                create_limit=self.config.declared.get(semaphore_id, 0),
+                scope="semaphore",
+            ),
             holder or self.holder(),
         )
+
+    async def semaphore_exists(self, semaphore_id: str) -> bool:
+        return semaphore_id in self.config.declared or await self.registry.exists(semaphore_id)
 
     async def acquire_account(
         self, account: str, *, limit: int, timeout_s: float, holder: Holder | None = None

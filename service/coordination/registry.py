@@ -131,11 +131,15 @@ class SemaphoreRegistry:
         self, semaphore_id: str, kind: str = GLOBAL, detail: bool = False
     ) -> SemaphoreView:
         keys = self._keyspace.semaphore(semaphore_id, kind)
+        # Expired holders and waiters stay in Redis until the next acquire or release purges
+        # them: count only the live ones, by Redis time.
+        seconds, micros = await guarded(self._client.time())
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
         pipe = self._client.pipeline(transaction=True)
         pipe.time()
         pipe.hgetall(keys.meta)
         pipe.zrange(keys.holders, 0, -1, withscores=True)
-        pipe.zcard(keys.queue)
+        pipe.zcount(keys.qexp, f"({now_ms}", "+inf")
         if detail:
             pipe.hgetall(keys.info)
             pipe.zrange(keys.queue, 0, 99)
@@ -176,8 +180,8 @@ class SemaphoreRegistry:
                 )
             )
         waiters = []
-        for position, raw in enumerate(replies[5], start=1):
-            waiter_id = _s(raw)
+        live_waiters = [_s(raw) for raw in replies[5] if qexp.get(_s(raw), 0) > now_ms]
+        for position, waiter_id in enumerate(live_waiters, start=1):
             data = _json(qinfo.get(waiter_id))
             waiters.append(
                 WaiterView(

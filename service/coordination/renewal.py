@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
 
 from .errors import CoordinationUnavailable
 from .keys import KeySpace
@@ -106,8 +107,7 @@ class Renewer:
         created, current_raw, fresh_ms = await guarded(pipe.execute())
         current = current_raw.decode() if isinstance(current_raw, bytes) else str(current_raw)
         if created:
-            uptime_s = float((await guarded(self._client.info("server")))["uptime_in_seconds"])
-            young_ms = int(ttl_ms - uptime_s * 1000)
+            young_ms = ttl_ms - int(await self._uptime_s() * 1000)
             if young_ms > 0:
                 await guarded(self._client.set(self._keyspace.fresh, "1", px=young_ms, nx=True))
                 fresh_ms = young_ms
@@ -120,6 +120,14 @@ class Renewer:
             if self._on_data_loss is not None:
                 await self._on_data_loss()
         self.epoch = current
+
+    async def _uptime_s(self) -> float:
+        """Redis' uptime; 0 (assume young: the safe side) where INFO is not available."""
+        try:
+            info = await guarded(self._client.info("server"))
+            return float(info["uptime_in_seconds"])
+        except (redis_exceptions.ResponseError, KeyError, ValueError):
+            return 0.0
 
     def _suspect(self, seconds: float) -> None:
         until = time.monotonic() + seconds

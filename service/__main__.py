@@ -1,0 +1,187 @@
+"""python -m service: settings from the environment → one uvicorn process (one replica).
+
+- A bad setting stops the process with exit code 2 and a message naming the variable.
+- REDIS_URL unset → an embedded in-process Redis, with a loud warning (one replica only).
+- REPLICATE_API_TOKEN unset → demo mode: the Replicate simulator in-process, announced by a
+  banner with ready-to-paste curl lines (service/demo.py).
+- SIGTERM/SIGINT: uvicorn stops accepting, gives in-flight requests DRAIN_SECONDS, then the
+  lifespan cancels what is left and releases every lease (service/app.py).
+
+Prints `replicate-concurrent-generation ready on http://HOST:PORT` once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import SettingsError
+
+from service import SERVICE_NAME
+from service.config import Settings
+
+log = logging.getLogger("service")
+
+READY_PREFIX = f"{SERVICE_NAME} ready on "
+_SECRET_VARIABLES = {"REPLICATE_API_TOKEN", "CONCURRENT_DOCKER_ADMIN_API_KEY", "REDIS_URL"}
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad variable; values of secrets (and of REDIS_URL: it may hold a password)
+    are never echoed."""
+    lines = ["Invalid configuration (environment variables):"]
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc") or ("?",)
+        variable = str(loc[0]).upper()
+        value = error.get("input")
+        shown = ""
+        if variable not in _SECRET_VARIABLES and isinstance(value, str) and len(value) <= 80:
+            shown = f" (got {value!r})"
+        lines.append(f"  {variable}: {error.get('msg', 'invalid')}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings | str:
+    """Settings, or the message to print before exiting with code 2."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        return describe_settings_error(exc)
+    except SettingsError as exc:
+        return f"Invalid configuration (environment variables): {exc}"
+    if settings.log_level.upper() not in _LOG_LEVELS:
+        return (
+            "Invalid configuration (environment variables):\n"
+            f"  LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)} (got {settings.log_level!r})"
+        )
+    return settings
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Minimal: level and text/json lines on stderr (a fuller setup may replace this)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Calls `on_ready(url)` once the listening socket exists; exits normally on SIGTERM."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[str], None]) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, which would kill
+        # the process before the embedded Redis and the demo simulator stop. A drained,
+        # graceful stop is a normal exit: code 0.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.servers:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            host = self.config.host
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1"
+            self._on_ready(f"http://{host}:{port}")
+
+
+def main() -> int:
+    loaded = load_settings()
+    if isinstance(loaded, str):
+        print(loaded, file=sys.stderr)
+        return 2
+    settings = loaded
+    configure_logging(settings)
+
+    # Imported here so that a configuration error exits before anything heavy loads.
+    from service.app import create_app
+    from service.coordination import KeySpace
+    from service.demo import DEMO_TOKEN, DemoSimulator, banner, demo_config
+    from service.embedded_redis import WARNING_BANNER, EmbeddedRedis
+
+    embedded: EmbeddedRedis | None = None
+    simulator: DemoSimulator | None = None
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis()
+            url = embedded.start()
+            embedded.mark_store_known(KeySpace(settings.redis_key_prefix).epoch)
+            print(WARNING_BANNER, file=sys.stderr, flush=True)
+            log.warning("REDIS_URL unset: embedded in-process Redis at %s (one replica only)", url)
+            settings = settings.model_copy(update={"redis_url": url})
+
+        if settings.replicate_api_token is None:
+            simulator = DemoSimulator(demo_config())
+            simulator_url = simulator.start()
+            log.warning("demo mode: REPLICATE_BASE_URL -> simulator at %s", simulator_url)
+            settings = settings.model_copy(
+                update={
+                    "replicate_base_url": simulator_url,
+                    "replicate_api_token": SecretStr(DEMO_TOKEN),
+                    "allow_env_fallback": True,
+                }
+            )
+
+        def on_ready(service_url: str) -> None:
+            if simulator is not None:
+                print(
+                    banner(simulator.base_url, service_url, simulator.config.latency_s),
+                    flush=True,
+                )
+            print(f"{READY_PREFIX}{service_url}", flush=True)
+
+        server = _AnnouncingServer(
+            uvicorn.Config(
+                create_app(settings),
+                host=settings.flask_host,
+                port=settings.flask_port,
+                proxy_headers=True,
+                timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
+                log_config=None,
+                lifespan="on",
+                ws="none",
+            ),
+            on_ready,
+        )
+        server.run()
+        return 0 if server.started else 1
+    finally:
+        if simulator is not None:
+            simulator.stop()
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

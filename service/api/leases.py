@@ -1,0 +1,250 @@
+"""The lease API: any service, in any language, shares a global semaphore over HTTP.
+
+    POST   /global-semaphores/{id}/leases              {"timeout_s": 0..QUEUE_TIMEOUT_SECONDS,
+                                                         "holder": "free text, optional"}
+           → 201 {lease_id, semaphore_id, expires_at, ttl_s}   (waits FIFO with every waiter)
+           → 429 + Retry-After when no slot came within timeout_s; 404 unknown semaphore
+    PUT    /global-semaphores/{id}/leases/{lease_id}   → 200 {lease_id, semaphore_id,
+                                                               expires_at, ttl_s}
+           → 404 once the lease is lost (expired unrenewed), released or unknown
+    DELETE /global-semaphores/{id}/leases/{lease_id}   → 200 {released: true|false} (idempotent)
+
+A client renews every ttl_s/3 or so; `expires_at` is ISO 8601 UTC, from Redis' clock. The TTL
+is the service's LEASE_TTL_SECONDS (a client cannot choose it: a crashed client's slot must
+come back within the TTL operators configured). A lease that is not renewed in time is gone for
+good: renewing it answers 404, and the client must stop the work it guarded.
+
+Who holds it: the remote client, not this replica. The lease is detached from this process
+(service.coordination.remote): no replica renews it in the background, none releases it at
+shutdown, and any replica can renew or release it, since everything lives in Redis. Only
+leases granted through this API can be renewed or released here; the id of a generation's
+in-process lease answers 404 / released false.
+
+Authentication: the admin key (`X-Admin-API-Key`, constant-time compare; 401 `Admin API key
+required...` without it, 401 `Invalid admin API key` with a wrong one), like semaphore
+management. The lease id is not a secret on its own (operators see it in GET
+/global-semaphores/{id}). A per-semaphore client key is a possible later addition.
+
+If the caller hangs up while waiting, its place in the queue is given up; a lease granted in
+the instant it hung up is released at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api import Services, services
+from service.api.body import ClientClosedRequest, json_type, read_json_object
+from service.auth import ADMIN_HEADER, require_admin
+from service.config import SEMAPHORE_ID_PATTERN
+from service.coordination import (
+    AcquireTimeout,
+    CoordinationUnavailable,
+    Lease,
+    SemaphoreNotFound,
+)
+from service.coordination.lease import shielded
+from service.coordination.remote import (
+    MAX_HOLDER_TEXT,
+    acquire_remote,
+    release_remote,
+    renew_remote,
+)
+from service.errors import BadRequest, LimitTimeout, NotFound, Unavailable
+
+router = APIRouter()
+
+WATCH_INTERVAL_S = 0.5
+_ID_RE = re.compile(SEMAPHORE_ID_PATTERN)
+_LEASE_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
+_FIELDS = ("timeout_s", "holder")
+
+
+@contextlib.contextmanager
+def _coordination_errors(semaphore_id: str) -> Iterator[None]:
+    try:
+        yield
+    except SemaphoreNotFound:
+        raise NotFound(f"Semaphore '{semaphore_id}' not found") from None
+    except AcquireTimeout as exc:
+        raise LimitTimeout(
+            f"Timed out after {exc.waited_s:.1f}s waiting for a slot of semaphore "
+            f"'{semaphore_id}' (limit {exc.limit}); retry after "
+            f"{max(1, math.ceil(exc.retry_after_s))}s",
+            scope="semaphore",
+            limit_id=semaphore_id,
+            retry_after_s=exc.retry_after_s,
+        ) from None
+    except CoordinationUnavailable:
+        raise Unavailable(
+            "Coordination store (Redis) is unreachable; leases cannot be granted, renewed or "
+            "released until it is back",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
+@router.post("/global-semaphores/{semaphore_id}/leases")
+async def grant_lease(request: Request, semaphore_id: str) -> JSONResponse:
+    found = services(request)
+    settings = found.settings
+    require_admin(settings, request.headers.get(ADMIN_HEADER))
+    _check_semaphore_id(semaphore_id)
+    data = await read_json_object(request, settings.max_body_bytes)
+    _check_fields(data, settings.lease_ttl_seconds)
+    timeout_s = _check_timeout(data.get("timeout_s"), settings.queue_timeout_seconds)
+    description = _check_holder(data.get("holder"))
+    with _coordination_errors(semaphore_id):
+        lease = await _acquire_watched(request, found, semaphore_id, timeout_s, description)
+    body = _lease_body(semaphore_id, lease.lease_id, lease.expires_at_ms, lease.ttl_s)
+    location = f"/global-semaphores/{semaphore_id}/leases/{lease.lease_id}"
+    return JSONResponse(body, status_code=201, headers={"Location": location})
+
+
+@router.put("/global-semaphores/{semaphore_id}/leases/{lease_id}")
+async def renew_lease(request: Request, semaphore_id: str, lease_id: str) -> JSONResponse:
+    found = services(request)
+    require_admin(found.settings, request.headers.get(ADMIN_HEADER))
+    _check_semaphore_id(semaphore_id)
+    expires_at_ms = None
+    if _LEASE_ID_RE.fullmatch(lease_id):
+        with _coordination_errors(semaphore_id):
+            expires_at_ms = await renew_remote(found.coordinator, semaphore_id, lease_id)
+    if expires_at_ms is None:
+        raise NotFound(
+            f"Lease '{lease_id[:128]}' on semaphore '{semaphore_id}' not found: it expired "
+            "unrenewed, was released, or was never granted; acquire a new one",
+            fields={"semaphore_id": semaphore_id},
+        )
+    ttl_s = found.coordinator.semaphores.lease_ttl_s
+    return JSONResponse(_lease_body(semaphore_id, lease_id, expires_at_ms, ttl_s))
+
+
+@router.delete("/global-semaphores/{semaphore_id}/leases/{lease_id}")
+async def release_lease(request: Request, semaphore_id: str, lease_id: str) -> JSONResponse:
+    found = services(request)
+    require_admin(found.settings, request.headers.get(ADMIN_HEADER))
+    _check_semaphore_id(semaphore_id)
+    released = False
+    if _LEASE_ID_RE.fullmatch(lease_id):
+        with _coordination_errors(semaphore_id):
+            released = await release_remote(found.coordinator, semaphore_id, lease_id)
+    return JSONResponse({"released": released})
+
+
+async def _acquire_watched(
+    request: Request, found: Services, semaphore_id: str, timeout_s: float, description: str
+) -> Lease:
+    """Wait for the slot in a task; give up the place in the queue if the caller hangs up."""
+    task = asyncio.create_task(
+        acquire_remote(
+            found.coordinator, semaphore_id, timeout_s=timeout_s, description=description
+        )
+    )
+    inflight: set[asyncio.Task[Any]] | None = getattr(found, "inflight", None)
+    if inflight is not None:  # cancelled at shutdown, like generations
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=WATCH_INTERVAL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                await _abandon(found, task)
+                raise ClientClosedRequest("Client closed the request while waiting for a lease")
+    except asyncio.CancelledError:
+        await _abandon(found, task)
+        raise
+
+
+async def _abandon(found: Services, task: asyncio.Task[Lease]) -> None:
+    """Cancel the wait (the acquire leaves the queue itself); release a lease it already got."""
+    task.cancel()
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            interrupted = True  # finish cleaning up first; re-raised below
+    if not task.cancelled() and task.exception() is None:
+        lease = task.result()
+        await shielded(release_remote(found.coordinator, lease.semaphore_id, lease.lease_id))
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+def _lease_body(
+    semaphore_id: str, lease_id: str, expires_at_ms: int, ttl_s: float
+) -> dict[str, Any]:
+    return {
+        "lease_id": lease_id,
+        "semaphore_id": semaphore_id,
+        "expires_at": iso_from_ms(expires_at_ms),
+        "ttl_s": ttl_s,
+    }
+
+
+def iso_from_ms(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_semaphore_id(value: str) -> None:
+    if not _ID_RE.fullmatch(value):
+        raise BadRequest(
+            "Invalid semaphore id: must be 1-128 characters of letters, digits, '.', '_', ':' "
+            "or '-', starting with a letter or digit"
+        )
+
+
+def _check_fields(data: dict[str, Any], ttl_s: float) -> None:
+    for key in data:
+        if key == "ttl_s":
+            raise BadRequest(
+                f"Field 'ttl_s' is not accepted: every lease lasts LEASE_TTL_SECONDS ({ttl_s:g}s) "
+                "and is kept by renewing it (PUT .../leases/{lease_id})"
+            )
+        if key not in _FIELDS:
+            name = key if len(key) <= 64 else key[:64] + "…"
+            raise BadRequest(f"Unknown field '{name}' (this endpoint takes timeout_s and holder)")
+
+
+def _check_timeout(value: object, max_s: float) -> float:
+    rule = f"must be a number of seconds from 0 to {max_s:g} (QUEUE_TIMEOUT_SECONDS)"
+    if value is None:
+        raise BadRequest(f"Missing required field: timeout_s ({rule})")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= max_s
+    ):
+        shown = (
+            repr(value) if isinstance(value, int | float) and not isinstance(value, bool) else ""
+        )
+        got = f"got {shown}" if shown and len(shown) <= 24 else f"got {json_type(value)}"
+        raise BadRequest(f"Invalid field 'timeout_s': {rule} ({got})")
+    return float(value)
+
+
+def _check_holder(value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"Invalid field 'holder': must be a string (got {json_type(value)})")
+    if len(value) > MAX_HOLDER_TEXT:
+        raise BadRequest(
+            f"Invalid field 'holder': at most {MAX_HOLDER_TEXT} characters (got {len(value)})"
+        )
+    if not value.isprintable():
+        raise BadRequest("Invalid field 'holder': control characters are not allowed")
+    return value.strip()

@@ -1,0 +1,45 @@
+"""Kubernetes-style probes, no auth, not logged (the middleware's QUIET_PATHS).
+
+    GET /livez    200 {"status": "alive"}: the event loop answers. Touches nothing else, so a
+                  Redis outage never gets a replica restarted.
+    GET /readyz   200 {"status": "ready"} when Redis answers a PING and the replica is not
+                  draining; else 503 {"status": "unready", "reason": "starting" | "draining" |
+                  "redis unreachable"}: the load balancer should send traffic elsewhere.
+
+Draining: `app.state.draining` (bool), set when shutdown starts (SIGTERM / lifespan exit).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api import Services
+
+router = APIRouter()
+
+
+@router.get("/livez")
+async def livez() -> JSONResponse:
+    return JSONResponse({"status": "alive"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    found = getattr(request.app.state, "services", None)
+    if getattr(request.app.state, "draining", False) or getattr(found, "draining", False):
+        return _unready("draining")
+    if not isinstance(found, Services):
+        return _unready("starting")
+    if not await found.coordinator.ping():
+        return _unready("redis unreachable")
+    return JSONResponse({"status": "ready"})
+
+
+def _unready(reason: str) -> JSONResponse:
+    # A probe answer, not an error: the body keeps the probe shape, with a reason.
+    return JSONResponse(
+        {"status": "unready", "reason": reason},
+        status_code=503,
+        headers={"Cache-Control": "no-store"},
+    )

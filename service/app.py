@@ -1,0 +1,218 @@
+"""create_app(settings): lifespan wiring, routers, error handlers; nothing else.
+
+The lifespan builds the Coordinator, Upstream and Generator inside the running loop (their
+clients bind to it) and, on shutdown, cancels generations still running (each cancels its
+prediction and releases its slots), then closes the Generator, the Upstream and the Coordinator
+(which releases every lease this process still holds).
+
+Every error is `{"error": "..."}` JSON: ServiceErrors with their status, fields and headers;
+unknown routes and methods (404/405); parameter validation (400); and anything unexpected
+(500 `Internal error` with the request id, logged, never a traceback in the response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import SERVICE_NAME, VERSION
+from service.api import Services, generate, health, semaphores
+from service.config import Settings
+from service.coordination import Coordinator, CoordinatorConfig
+from service.errors import ServiceError
+from service.generation import Generator
+from service.upstream import Upstream
+
+log = logging.getLogger("service.app")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+
+# How long shutdown waits for cancelled generations to clean up (cancel upstream, release).
+SHUTDOWN_CANCEL_WAIT_S = 20.0
+
+
+def create_app(settings: Settings) -> FastAPI:
+    if not settings.redis_url:
+        raise ValueError(
+            "REDIS_URL is required to build the app (python -m service starts an embedded "
+            "Redis when it is unset)"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        found = await _start(settings)
+        app.state.services = found
+        try:
+            yield
+        finally:
+            app.state.services = None
+            await _stop(found)
+
+    app = FastAPI(
+        title=SERVICE_NAME,
+        version=VERSION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.services = None
+    app.include_router(health.router)
+    app.include_router(semaphores.router)
+    app.include_router(generate.router)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(RequestContext)
+    return app
+
+
+async def _start(settings: Settings) -> Services:
+    assert settings.redis_url is not None
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            redis_url=settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            replica_id=settings.effective_replica_id,
+            lease_ttl_s=settings.lease_ttl_seconds,
+            redis_timeout_s=settings.redis_timeout_seconds,
+            declared=settings.declared_semaphores,
+        )
+    )
+    await coordinator.start()  # never fails because Redis is down: starts degraded
+    upstream = Upstream(
+        settings.replicate_base_url,
+        prefer_wait_s=settings.prefer_wait_seconds,
+        prediction_timeout_s=settings.prediction_timeout_seconds,
+    )
+    generator = Generator(coordinator, upstream, settings)
+    log.info(
+        "service started",
+        extra={"replica_id": settings.effective_replica_id, "version": VERSION},
+    )
+    return Services(settings, coordinator, upstream, generator)
+
+
+async def _stop(found: Services) -> None:
+    tasks = list(found.inflight)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        log.info("shutdown: cancelling %d running generation(s)", len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_CANCEL_WAIT_S)
+        if pending:
+            log.error("shutdown: %d generation(s) did not finish cancelling", len(pending))
+    await found.generator.close()
+    await found.upstream.aclose()
+    await found.coordinator.close()  # releases every lease still held by this process
+    log.info("service stopped")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        log.warning("request failed: %s", exc.message, extra={"status": exc.status_code})
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    target = f"{request.method} {_short(request.url.path, 200)}"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        message = f"Not found: {target}"
+    elif exc.status_code == 405:
+        allowed = headers.get("allow") or headers.get("Allow")
+        message = f"Method not allowed: {target}" + (f" (allowed: {allowed})" if allowed else "")
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        details.append({"field": where, "rule": str(error.get("msg", "invalid"))})
+    message = "; ".join(f"Invalid {d['field']}: {d['rule']}" for d in details[:10])
+    return JSONResponse(
+        {"error": message or "Invalid request", "details": details[:50]}, status_code=400
+    )
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# -- request context --------------------------------------------------------------------------
+
+
+class RequestContext:
+    """Pure ASGI (so that disconnects still reach the routes): accept or create X-Request-ID,
+    echo it on the response, and turn an unexpected exception into a logged 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception(
+                "unhandled error", extra={"request_id": request_id, "path": scope.get("path")}
+            )
+            if started:
+                raise
+            response = JSONResponse(
+                {"error": "Internal error", "request_id": request_id}, status_code=500
+            )
+            await response(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = bytes(value).decode("latin-1").strip()
+            if _REQUEST_ID_RE.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+__all__ = ["create_app", "request_id_var"]

@@ -1,0 +1,114 @@
+"""Leases held by a remote client (another service, any language) rather than by this process.
+
+A remote lease is granted like any other (`Coordinator.acquire`: FIFO with every waiter), but
+from then on the *client* renews and releases it, through whichever replica it reaches. So:
+
+- it is taken out of `Semaphores.held` at once: this process's Renewer must not keep it alive
+  (a client that stopped renewing must lose its slot within one TTL), and `Coordinator.close`
+  must not release it (the client still holds it when this replica shuts down);
+- renewing and releasing need nothing but the semaphore id and the lease id, and read everything
+  else from Redis, so any replica can serve them;
+- its holder JSON carries `"remote": true`, and only leases so marked can be renewed or released
+  here: a lease id of an in-process holder (a generation) is "not found" to this door.
+
+A worked timeline, lease TTL 30 s (Redis server time):
+
+    t=0   client X → replica 1: grant      → L1 expires t=30 (removed from replica 1's renewer)
+    t=10  client X → replica 2: renew L1   → renew_leases with the current epoch → expires t=40
+    t=50  nobody renewed: L1 expired at t=40; the next acquire purges it
+    t=51  client X → replica 1: renew L1   → code 0 (lost, never re-added) → None → HTTP 404
+
+The renewal passes the semaphore's *current* epoch (read just before), so a missing lease is
+reported lost and never re-asserted; the re-assertion path of renew_leases is for in-process
+holders after a Redis data loss, which know the epoch they acquired in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .coordinator import Coordinator
+from .keys import GLOBAL
+from .lease import Holder, Lease
+from .redis_errors import guarded
+
+# The longest `holder` text a remote client may attach (shown to operators).
+MAX_HOLDER_TEXT = 200
+
+
+@dataclass
+class RemoteHolder(Holder):
+    """What operators see about a remote lease: `replica` names the granting replica."""
+
+    remote: bool = True
+
+
+def remote_holder(coordinator: Coordinator, description: str = "") -> RemoteHolder:
+    return RemoteHolder(
+        replica=f"remote via {coordinator.replica_id}",
+        purpose=description or "remote lease",
+    )
+
+
+async def acquire_remote(
+    coordinator: Coordinator, semaphore_id: str, *, timeout_s: float, description: str = ""
+) -> Lease:
+    """A slot of a registered global semaphore for a remote client; FIFO with every waiter.
+
+    Raises SemaphoreNotFound, AcquireTimeout, CoordinationUnavailable like `Coordinator.acquire`.
+    The returned Lease is detached: never renewed nor released by this process.
+    """
+    lease = await coordinator.acquire(
+        semaphore_id, timeout_s=timeout_s, holder=remote_holder(coordinator, description)
+    )
+    # No await between the grant and this line: the Renewer can never have seen it.
+    coordinator.semaphores.held.pop(lease.lease_id, None)
+    return lease
+
+
+def _is_remote(raw_holder: object) -> bool:
+    if not isinstance(raw_holder, bytes | str):
+        return False
+    try:
+        data = json.loads(raw_holder)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("remote") is True
+
+
+async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> int | None:
+    """Extend a live remote lease by one TTL. Its new expiry (Redis ms), or None when it is lost,
+    unknown, not a remote lease, or its semaphore is gone."""
+    keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
+    pipe = coordinator.client.pipeline(transaction=False)
+    pipe.hget(keys.info, lease_id)
+    pipe.hget(keys.meta, "epoch")
+    raw_holder, epoch = await guarded(pipe.execute())
+    if not _is_remote(raw_holder) or epoch is None:
+        return None
+    epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+    # Only reached if Redis lost its data between the two calls above and the lease is inside
+    # the re-created semaphore's grace: then re-asserting it is right, and this is its holder.
+    holder_json = remote_holder(coordinator, "remote lease (re-asserted)").to_json()
+    ttl_ms = coordinator.semaphores.lease_ttl_ms
+    reply = await guarded(
+        coordinator.scripts.call(
+            "renew_leases",
+            keys.all,
+            # limit "0": never re-create a deleted semaphore; keys TTL "0": registered keys.
+            [ttl_ms, 0, 0, 0, lease_id, epoch_text, holder_json],
+        )
+    )
+    return int(reply[0]) if int(reply[2]) != 0 else None
+
+
+async def release_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> bool:
+    """Give back a remote lease. Idempotent: True only if a live slot was freed by this call."""
+    keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
+    if not _is_remote(await guarded(coordinator.client.hget(keys.info, lease_id))):
+        return False
+    reply = await guarded(
+        coordinator.scripts.call("release_slot", keys.all, [lease_id, keys.channel, ""])
+    )
+    return int(reply) == 1

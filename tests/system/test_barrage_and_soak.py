@@ -1,0 +1,212 @@
+"""Hostile input against a live replica, and a soak with random replica kills."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.cluster import ADMIN_KEY, TOKEN, Cluster, admin_headers, running_cluster
+from tests.system.helpers import max_overlap
+
+pytestmark = [pytest.mark.system, pytest.mark.redis]
+
+ADMIN = {"X-Admin-API-Key": ADMIN_KEY}
+JSON = {"Content-Type": "application/json"}
+deep = "[" * 100_000 + "]" * 100_000
+
+# (method, path, raw body or JSON, headers)
+BARRAGE: list[tuple[str, str, Any, dict[str, str]]] = [
+    ("POST", "/generate", b"", ADMIN),
+    ("POST", "/generate", b"{not json", {**ADMIN, **JSON}),
+    ("POST", "/generate", b"[1, 2, 3]", {**ADMIN, **JSON}),
+    ("POST", "/generate", b'"just a string"', {**ADMIN, **JSON}),
+    ("POST", "/generate", deep.encode(), {**ADMIN, **JSON}),
+    ("POST", "/generate", b"x" * (17 * 1024 * 1024), {**ADMIN, **JSON}),
+    ("POST", "/generate", {"prompt": "no model"}, ADMIN),
+    ("POST", "/generate", {"model_name": "dall-e", "prompt": "x"}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev"}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": 42}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "guidance": "high"}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "guidance": 11}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "num_outputs": 0}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "num_outputs": 2.5}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "aspect_ratio": "7:3"}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "evil": True}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "megapixels": 1}, ADMIN),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "output_filename": 7}, ADMIN),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "flux-kontext-max", "prompt": "x", "input_image": "/etc/passwd"},
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "flux-kontext-max", "prompt": "x", "input_image": "file:///etc/passwd"},
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "flux-kontext-max", "prompt": "x", "output_format": "webp"},
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "qwen-image", "prompt": "x", "num_inference_steps": 80},
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "flux-dev", "prompt": "x", "external_semaphore_id": "../../etc"},
+        ADMIN,
+    ),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "flux-dev", "prompt": "x", "external_semaphore_id": "missing-one"},
+        ADMIN,
+    ),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x", "credentials": "r8_x"}, {}),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x"}, {}),
+    ("POST", "/generate", {"model_name": "flux-dev", "prompt": "x"}, {"X-Admin-API-Key": "wrong"}),
+    (
+        "POST",
+        "/generate",
+        {"model_name": "flux-dev", "prompt": "x", "credentials": {"replicate_api_token": "bad"}},
+        {},
+    ),
+    ("POST", "/generate-batch", {"model_name": "flux-dev", "tasks": []}, ADMIN),
+    ("POST", "/generate-batch", {"model_name": "flux-dev", "tasks": [{"seed": 1}]}, ADMIN),
+    ("POST", "/generate-batch", {"model_name": "flux-dev", "tasks": "all of them"}, ADMIN),
+    (
+        "POST",
+        "/generate-batch",
+        {"model_name": "flux-dev", "tasks": [{"prompt": "x"}] * 101},
+        ADMIN,
+    ),
+    ("POST", "/generate-batch", {"model_name": "flux-dev", "prompts": ["a", 3]}, ADMIN),
+    ("POST", "/global-semaphores", {"semaphore_id": "neg", "limit": -1}, ADMIN),
+    ("POST", "/global-semaphores", {"semaphore_id": "zero", "limit": 0}, ADMIN),
+    ("POST", "/global-semaphores", {"semaphore_id": "str", "limit": "5"}, ADMIN),
+    ("POST", "/global-semaphores", {"semaphore_id": "bad id!", "limit": 5}, ADMIN),
+    ("POST", "/global-semaphores", {"semaphore_id": "x" * 500, "limit": 5}, ADMIN),
+    ("POST", "/global-semaphores", {"semaphore_id": "nokey", "limit": 5}, {}),
+    (
+        "POST",
+        "/global-semaphores",
+        {"semaphore_id": "wrongkey", "limit": 5},
+        {"X-Admin-API-Key": "no"},
+    ),
+    ("PATCH", "/global-semaphores/missing", {"limit": 3}, ADMIN),
+    ("DELETE", "/global-semaphores/missing", None, ADMIN),
+    ("GET", "/global-semaphores/%2e%2e%2fetc", None, {}),
+    ("GET", "/no-such-route", None, {}),
+    ("PUT", "/generate", {"model_name": "flux-dev", "prompt": "x"}, ADMIN),
+]
+
+
+def test_every_hostile_request_gets_a_4xx_json_error_and_the_replica_stays_healthy(
+    cluster: Cluster,
+) -> None:
+    assert len(BARRAGE) >= 30
+    with httpx.Client(base_url=cluster.url(0), timeout=30) as client:
+        for method, path, payload, headers in BARRAGE:
+            if isinstance(payload, bytes):
+                response = client.request(method, path, content=payload, headers=headers)
+            else:
+                response = client.request(method, path, json=payload, headers=headers)
+            case = f"{method} {path} {str(payload)[:80]!r}"
+            assert 400 <= response.status_code < 500, f"{case} → {response.status_code}"
+            data = response.json()
+            assert isinstance(data.get("error"), str) and data["error"], case
+            assert "Traceback" not in response.text, case
+            for secret in (ADMIN_KEY, TOKEN):
+                assert secret not in response.text, case
+        assert client.get("/health").status_code == 200
+    assert ADMIN_KEY not in cluster.logs() and TOKEN not in cluster.logs()
+
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+
+
+@pytest.mark.slow
+async def test_soak_with_random_replica_kills_loses_nothing_and_leaks_nothing() -> None:
+    rng = random.Random(11)
+    with running_cluster(env={"LEASE_TTL_SECONDS": "2"}, latency=0.2, jitter=0.5) as cluster:
+        httpx.post(
+            cluster.url(0) + "/global-semaphores",
+            json={"semaphore_id": "soak", "limit": 5},
+            headers=admin_headers(),
+            timeout=10,
+        ).raise_for_status()
+        end = time.monotonic() + SOAK_SECONDS
+        outcomes = {"ok": 0, "killed": 0, "other": 0}
+        answered_tasks = 0
+
+        async def caller(index: int) -> None:
+            nonlocal answered_tasks
+            async with httpx.AsyncClient(timeout=60, headers=admin_headers()) as client:
+                while time.monotonic() < end:
+                    replica = rng.randrange(cluster.count)
+                    batch = rng.random() < 0.3
+                    try:
+                        if batch:
+                            tasks = [{"prompt": f"soak {index}"} for _ in range(rng.randint(2, 5))]
+                            response = await client.post(
+                                cluster.url(replica) + "/generate-batch",
+                                json={
+                                    "model_name": "flux-dev",
+                                    "tasks": tasks,
+                                    "external_semaphore_id": "soak",
+                                },
+                            )
+                            if response.status_code == 200:
+                                data = response.json()
+                                assert data["successful_count"] + data["failed_count"] == len(tasks)
+                                answered_tasks += len(tasks)
+                        else:
+                            response = await client.post(
+                                cluster.url(replica) + "/generate",
+                                json={
+                                    "model_name": "flux-dev",
+                                    "prompt": f"soak {index}",
+                                    "external_semaphore_id": "soak",
+                                },
+                            )
+                        outcomes["ok" if response.status_code == 200 else "other"] += 1
+                    except httpx.TransportError:
+                        outcomes["killed"] += 1  # its replica was killed under it
+                        await asyncio.sleep(0.2)
+
+        async def chaos() -> None:
+            while time.monotonic() < end - 5:
+                await asyncio.sleep(rng.uniform(4, 8))
+                victim = rng.randrange(cluster.count)
+                cluster.stop_replica(victim)
+                await asyncio.sleep(0.5)
+                cluster.start_replica(victim)
+                await asyncio.to_thread(cluster.wait_ready, victim)
+
+        await asyncio.gather(*(caller(i) for i in range(12)), chaos())
+        assert outcomes["ok"] > 50, outcomes
+        assert outcomes["other"] == 0, outcomes
+        # Nothing leaked: after one lease TTL every slot and queue entry is gone.
+        await asyncio.sleep(2.5)
+        client = cluster.redis.sync_client()
+        keys = "rcg:{sem:soak}"
+        now_ms = int(client.time()[0]) * 1000
+        assert client.zcount(f"{keys}:holders", now_ms, "+inf") == 0
+        assert client.zcard(f"{keys}:queue") == 0
+        stats = cluster.token_stats()
+        # A killed replica's predictions end (0.3 s at most) long before its leases expire (2 s).
+        assert max_overlap(stats["intervals"]) <= 5

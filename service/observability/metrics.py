@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -286,29 +285,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class InstrumentedTransport(httpx.AsyncBaseTransport):
-    """Wraps the transport under replicate's RetryTransport, so every attempt is seen (the
-    client retries GET 429/503/504 itself, below any httpx event hook)."""
-
-    def __init__(
-        self, inner: httpx.AsyncBaseTransport, observe: Callable[[str, str, int], None]
-    ) -> None:
-        self._inner = inner
-        self._observe = observe
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await self._inner.handle_async_request(request)
-        except Exception:
-            self._observe(request.method, request.url.path, 0)
-            raise
-        self._observe(request.method, request.url.path, response.status_code)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 router = APIRouter()

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -38,15 +38,49 @@ class _Entry:
     evicted: bool = False
 
 
+class InstrumentedTransport(httpx.AsyncBaseTransport):
+    """Wraps the transport under replicate's RetryTransport, so every attempt is seen (the
+    client retries GET 429/503/504 itself, below any httpx event hook)."""
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, observe: Callable[[str, str, int], None]
+    ) -> None:
+        self._inner = inner
+        self._observe = observe
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._inner.handle_async_request(request)
+        except Exception:
+            self._observe(request.method, request.url.path, 0)
+            raise
+        self._observe(request.method, request.url.path, response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+ResponseObserver = Callable[[str, str, int], None]  # (method, path, status; 0 = no answer)
+
+
 class ClientCache:
     """Bounded LRU of `replicate.Client`, keyed by token fingerprint (never by the token)."""
 
-    def __init__(self, base_url: str, *, max_clients: int = 256, pool_size: int = 60) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_clients: int = 256,
+        pool_size: int = 60,
+        on_response: ResponseObserver | None = None,
+    ) -> None:
         if max_clients < 1 or pool_size < 1:
             raise ValueError("max_clients and pool_size must be >= 1")
         self._base_url = base_url.rstrip("/")
         self._max_clients = max_clients
         self._pool_size = pool_size
+        self._on_response = on_response
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._closed = False
 
@@ -110,10 +144,13 @@ class ClientCache:
         limits = httpx.Limits(
             max_connections=self._pool_size, max_keepalive_connections=self._pool_size
         )
+        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
+        if self._on_response is not None:
+            transport = InstrumentedTransport(transport, self._on_response)
         return Client(
             api_token=token,
             base_url=self._base_url,
-            transport=httpx.AsyncHTTPTransport(limits=limits),
+            transport=transport,
             event_hooks={"response": [record_response]},
         )
 

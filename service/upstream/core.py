@@ -22,7 +22,7 @@ from replicate.exceptions import ReplicateError
 
 from service.errors import Unavailable, UpstreamThrottled
 from service.fingerprint import token_fingerprint
-from service.upstream.clients import ClientCache
+from service.upstream.clients import ClientCache, ResponseObserver
 from service.upstream.exchange import exchange_scope
 from service.upstream.predictions import CreatedHook, Hook, PredictionRun, Tuning
 from service.upstream.results import PredictionResult
@@ -65,6 +65,7 @@ class Upstream:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        on_response: ResponseObserver | None = None,
     ) -> None:
         if isinstance(prefer_wait_s, bool) or not 1 <= prefer_wait_s <= 60:
             raise ValueError("prefer_wait_s must be an int from 1 to 60 (Prefer: wait=N)")
@@ -87,7 +88,9 @@ class Upstream:
             clock=clock,
             rng=rng or random.Random(),
         )
-        self._clients = ClientCache(base_url, max_clients=max_clients, pool_size=pool_size)
+        self._clients = ClientCache(
+            base_url, max_clients=max_clients, pool_size=pool_size, on_response=on_response
+        )
         self._account_ttl_s = account_cache_ttl_s
         self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
         self._verifying: dict[str, asyncio.Task[bool]] = {}

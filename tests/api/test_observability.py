@@ -35,10 +35,11 @@ from service.coordination import Coordinator, CoordinatorConfig, KeySpace
 from service.errors import ServiceError
 from service.generation import Generator
 from service.observability.logs import configure_logging, remove_logging, request_id_var
-from service.observability.metrics import InstrumentedTransport, Metrics, upstream_kind
+from service.observability.metrics import Metrics, upstream_kind
 from service.observability.metrics import router as metrics_router
 from service.observability.middleware import ObservabilityMiddleware
 from service.upstream import Upstream
+from service.upstream.clients import InstrumentedTransport
 from tests.fixtures.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis

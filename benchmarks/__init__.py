@@ -1,0 +1,1 @@
+"""Benchmarks. Run each as a module, e.g. `python -m benchmarks.coordination`."""

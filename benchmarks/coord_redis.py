@@ -1,0 +1,148 @@
+"""A private redis-server for the benchmark (loopback, free port, no persistence), and the
+server-side counters the benchmark reads from it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+import redis
+
+from benchmarks.coord_naive import ACQUIRE_LUA
+from service.coordination.scripts import Scripts, script_source
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """`redis-server --port <free> --save "" --appendonly no`, stopped by `stop()`."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
+        self.port = free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="coord-bench-redis-")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, socket_timeout=10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise SystemExit("redis-server did not start") from None
+                time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def version(self) -> str:
+        return str(self.client.info("server")["redis_version"])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.client.close()
+        self._dir.cleanup()
+
+
+_CALL = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'")
+
+
+def lua_commands(*sources: str) -> frozenset[str]:
+    """The command names these Lua sources call."""
+    return frozenset(m.lower() for text in sources for m in _CALL.findall(text))
+
+
+# What runs inside Lua, per implementation. A command both sent by a client and called from Lua
+# would be counted as in-Lua: for service.coordination that is PTTL, which the renewer's epoch
+# check sends once per lease TTL / 3 per process (negligible here).
+LUA_COMMANDS = {
+    "coord": lua_commands(*(script_source(name) for name in Scripts.NAMES)),
+    "naive": lua_commands(ACQUIRE_LUA),
+    "local": frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """INFO commandstats and INFO cpu at one moment.
+
+    Redis 7 counts the commands a script runs (redis.call) in commandstats as well, so the total
+    is split: `client` = commands that arrived over a connection (EVALSHA, ZREM, SET, PING, ...),
+    `in_lua` = commands whose name only ever appears inside the Lua scripts. INFO is left out.
+    """
+
+    calls: dict[str, int]
+    cpu_s: float
+
+    @classmethod
+    def read(cls, client: redis.Redis) -> ServerCounters:
+        stats = client.info("commandstats")
+        calls = {
+            key.removeprefix("cmdstat_"): int(value["calls"])
+            for key, value in stats.items()
+            if key != "cmdstat_info"
+        }
+        cpu = client.info("cpu")
+        return cls(calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]))
+
+    def minus(self, before: ServerCounters) -> ServerCounters:
+        names = set(self.calls) | set(before.calls)
+        delta = {n: self.calls.get(n, 0) - before.calls.get(n, 0) for n in names}
+        return ServerCounters({n: d for n, d in delta.items() if d}, self.cpu_s - before.cpu_s)
+
+    def client(self, impl: str) -> int:
+        lua = LUA_COMMANDS[impl]
+        return sum(v for k, v in self.calls.items() if k.split("|")[0] not in lua)
+
+    def in_lua(self, impl: str) -> int:
+        lua = LUA_COMMANDS[impl]
+        return sum(v for k, v in self.calls.items() if k.split("|")[0] in lua)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def plus(self, other: ServerCounters) -> ServerCounters:
+        names = set(self.calls) | set(other.calls)
+        return ServerCounters(
+            {n: self.calls.get(n, 0) + other.calls.get(n, 0) for n in names},
+            self.cpu_s + other.cpu_s,
+        )

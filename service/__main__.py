@@ -12,7 +12,6 @@ Prints `replicate-concurrent-generation ready on http://HOST:PORT` once it accep
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import socket
@@ -65,29 +64,21 @@ def load_settings() -> Settings | str:
     return settings
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, object] = {
-            "ts": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
-
-
 def configure_logging(settings: Settings) -> None:
-    """Minimal: level and text/json lines on stderr (a fuller setup may replace this)."""
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    """JSON (or text) lines on stderr, secrets masked (service/observability/logs.py)."""
+    from service.observability.logs import configure_logging as install
+
+    secrets = [
+        secret.get_secret_value()
+        for secret in (settings.replicate_api_token, settings.concurrent_docker_admin_api_key)
+        if secret is not None
+    ]
+    install(
+        settings.log_level.upper(),
+        settings.log_format,
+        replica_id=settings.effective_replica_id,
+        known_secrets=secrets,
+    )
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -98,6 +89,10 @@ class _AnnouncingServer(uvicorn.Server):
         self._on_ready = on_ready
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not ready from now on: /readyz answers 503 while in-flight requests drain.
+        app = self.config.app
+        if hasattr(app, "state"):
+            app.state.draining = True
         super().handle_exit(sig, frame)
         # uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, which would kill
         # the process before the embedded Redis and the demo simulator stop. A drained,
@@ -169,6 +164,7 @@ def main() -> int:
                 proxy_headers=True,
                 timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
                 log_config=None,
+                access_log=False,  # one request line per request comes from our middleware
                 lifespan="on",
                 ws="none",
             ),

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,18 +24,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import SERVICE_NAME, VERSION
-from service.api import Services, generate, health, semaphores
+from service.api import Services, dashboard, generate, health, leases, probes, semaphores
 from service.config import Settings
 from service.coordination import Coordinator, CoordinatorConfig
 from service.errors import ServiceError
 from service.generation import Generator
+from service.observability.logs import request_id_var
+from service.observability.metrics import Metrics
+from service.observability.metrics import router as metrics_router
+from service.observability.middleware import ObservabilityMiddleware
 from service.upstream import Upstream
 
 log = logging.getLogger("service.app")
 
-REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-request_id_var: ContextVar[str] = ContextVar("request_id", default="")
 
 # How long shutdown waits for cancelled generations to clean up (cancel upstream, release).
 SHUTDOWN_CANCEL_WAIT_S = 20.0
@@ -51,13 +49,17 @@ def create_app(settings: Settings) -> FastAPI:
             "Redis when it is unset)"
         )
 
+    metrics = Metrics()
+    metrics.set_info(version=VERSION, replica_id=settings.effective_replica_id)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        found = await _start(settings)
+        found = await _start(settings, metrics)
         app.state.services = found
         try:
             yield
         finally:
+            app.state.draining = True
             app.state.services = None
             await _stop(found)
 
@@ -70,17 +72,24 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=None,
     )
     app.state.services = None
+    app.state.metrics = metrics
+    app.state.draining = False  # set on SIGTERM (service/__main__.py): /readyz answers 503
     app.include_router(health.router)
+    app.include_router(probes.router)
     app.include_router(semaphores.router)
+    app.include_router(leases.router)
     app.include_router(generate.router)
+    app.include_router(dashboard.router)
+    app.include_router(metrics_router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(RequestContext)
+    app.add_middleware(InternalErrors)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: request id, logs
     return app
 
 
-async def _start(settings: Settings) -> Services:
+async def _start(settings: Settings, metrics: Metrics) -> Services:
     assert settings.redis_url is not None
     coordinator = Coordinator(
         CoordinatorConfig(
@@ -97,8 +106,13 @@ async def _start(settings: Settings) -> Services:
         settings.replicate_base_url,
         prefer_wait_s=settings.prefer_wait_seconds,
         prediction_timeout_s=settings.prediction_timeout_seconds,
+        pool_size=min(settings.replicate_concurrent_limit + 10, 1000),
+        on_response=metrics.observe_upstream_response,
     )
     generator = Generator(coordinator, upstream, settings)
+    coordinator.semaphores.on_acquired.append(metrics.observe_acquire)
+    coordinator.renewer.on_lost.append(metrics.observe_lost)
+    generator.on_outcome.append(metrics.observe_generation)
     log.info(
         "service started",
         extra={"replica_id": settings.effective_replica_id, "version": VERSION},
@@ -164,9 +178,10 @@ def _short(text: str, limit: int) -> str:
 # -- request context --------------------------------------------------------------------------
 
 
-class RequestContext:
-    """Pure ASGI (so that disconnects still reach the routes): accept or create X-Request-ID,
-    echo it on the response, and turn an unexpected exception into a logged 500."""
+class InternalErrors:
+    """Pure ASGI (so that disconnects still reach the routes): an unexpected exception becomes a
+    logged 500 `{"error": "Internal error", "request_id": ...}`, never a traceback. The request
+    id comes from ObservabilityMiddleware, which sits outside this one."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -175,44 +190,25 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = request_id_var.set(request_id)
         started = False
 
-        async def send_with_id(message: Message) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
-                message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, tracking_send)
         except Exception:
-            log.exception(
-                "unhandled error", extra={"request_id": request_id, "path": scope.get("path")}
-            )
+            request_id = request_id_var.get() or ""
+            log.exception("unhandled error", extra={"path": scope.get("path")})
             if started:
                 raise
             response = JSONResponse(
                 {"error": "Internal error", "request_id": request_id}, status_code=500
             )
-            await response(scope, receive, send_with_id)
-        finally:
-            request_id_var.reset(token)
+            await response(scope, receive, send)
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            text = bytes(value).decode("latin-1").strip()
-            if _REQUEST_ID_RE.fullmatch(text):
-                return text
-            break
-    return uuid.uuid4().hex
-
-
-__all__ = ["create_app", "request_id_var"]
+__all__ = ["create_app"]

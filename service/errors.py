@@ -18,6 +18,7 @@ Routes never build error responses by hand: they raise.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -77,7 +78,7 @@ class LimitTimeout(ServiceError):
     status_code = 429
 
     def __init__(self, message: str, *, scope: str, limit_id: str, retry_after_s: float) -> None:
-        retry = max(1, int(retry_after_s + 0.999))
+        retry = max(1, math.ceil(retry_after_s))
         super().__init__(
             message,
             fields={"limit_scope": scope, "limit_id": limit_id, "retry_after": retry},
@@ -99,7 +100,7 @@ class UpstreamThrottled(ServiceError):
     status_code = 429
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
-        retry = max(1, int(retry_after_s + 0.999))
+        retry = max(1, math.ceil(retry_after_s))
         super().__init__(
             message,
             fields={"limit_scope": "upstream", "retry_after": retry},

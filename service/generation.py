@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,10 +234,6 @@ class Generator:
                 )
 
         async def on_created(prediction_id: str) -> None:
-            log.info(
-                "prediction created",
-                extra={"prediction_id": prediction_id, "model": spec.name},
-            )
             for lease in leases:
                 with contextlib.suppress(CoordinationUnavailable):
                     await lease.set_prediction_id(prediction_id)
@@ -323,7 +320,7 @@ def _limit_timeout(exc: AcquireTimeout) -> LimitTimeout:
     what = names.get(exc.scope, exc.scope)
     return LimitTimeout(
         f"Timed out after {exc.waited_s:.1f}s waiting for {what} (limit {exc.limit}); "
-        f"retry after {max(1, round(exc.retry_after_s))}s",
+        f"retry after {max(1, math.ceil(exc.retry_after_s))}s",
         scope=exc.scope,
         limit_id=exc.limit_id if exc.scope == "semaphore" else "account",
         retry_after_s=exc.retry_after_s,

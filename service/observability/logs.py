@@ -105,8 +105,14 @@ class _ContextFields:
     replica_id: str | None = None
 
 
+# uvicorn's ANSI-coloured copy of its message: noise in a log line.
+_DROPPED = frozenset({"color_message"})
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+    return {
+        k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and k not in _DROPPED
+    }
 
 
 class JsonFormatter(logging.Formatter):

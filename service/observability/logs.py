@@ -110,9 +110,7 @@ _DROPPED = frozenset({"color_message"})
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {
-        k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and k not in _DROPPED
-    }
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and k not in _DROPPED}
 
 
 class JsonFormatter(logging.Formatter):

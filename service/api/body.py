@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.schemas.requests import json_type
 
 MAX_JSON_DEPTH = 32
 
@@ -104,22 +105,6 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"Request body must be a JSON object, got {json_type(value)}")
     return value
-
-
-def json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _too_deep() -> BadRequest:

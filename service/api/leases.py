@@ -43,7 +43,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api import Services, services
-from service.api.body import ClientClosedRequest, json_type, read_json_object
+from service.api.body import ClientClosedRequest, read_json_object
 from service.auth import ADMIN_HEADER, require_admin
 from service.config import SEMAPHORE_ID_PATTERN
 from service.coordination import (
@@ -60,6 +60,7 @@ from service.coordination.remote import (
     renew_remote,
 )
 from service.errors import BadRequest, LimitTimeout, NotFound, Unavailable
+from service.schemas.requests import json_type
 
 router = APIRouter()
 

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api import services
-from service.api.body import json_type, read_json_object
+from service.api.body import read_json_object
 from service.auth import ADMIN_HEADER, require_admin
 from service.config import SEMAPHORE_ID_PATTERN
 from service.coordination import (
@@ -29,6 +29,7 @@ from service.coordination import (
     SemaphoreNotFound,
 )
 from service.errors import BadRequest, Conflict, NotFound, Unavailable
+from service.schemas.requests import json_type
 
 router = APIRouter()
 

@@ -295,13 +295,13 @@ def _validate_task(
 
 def _require_object(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise BadRequest(f"Request body must be a JSON object, got {_json_type(body)}")
+        raise BadRequest(f"Request body must be a JSON object, got {json_type(body)}")
     return body
 
 
 def _require_list(value: object, name: str, what: str, max_tasks: int) -> list[Any]:
     if not isinstance(value, list):
-        raise BadRequest(f"Invalid field '{name}': must be {what}, got {_json_type(value)}")
+        raise BadRequest(f"Invalid field '{name}': must be {what}, got {json_type(value)}")
     if not value:
         raise BadRequest(f"Invalid field '{name}': must not be empty")
     if len(value) > max_tasks:
@@ -426,10 +426,11 @@ def _got(value: object) -> str:
         if len(value) <= 32:
             return f" (got {json.dumps(value)})"
         return f" (got a string of {len(value)} characters)"
-    return f" (got {_json_type(value)})"
+    return f" (got {json_type(value)})"
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How a JSON value is named in error messages: "a string", "null", ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):

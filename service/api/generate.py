@@ -1,34 +1,29 @@
 """POST /generate and POST /generate-batch: parse → authenticate → generate → the seed's shape.
 
 The generation runs in its own task, watched by the route: when the caller hangs up (checked
-every WATCH_INTERVAL_S), the task is cancelled, which cancels the Replicate prediction and
-releases every slot (see service.generation). The task is also registered with the lifespan,
-so a shutdown cancels and awaits it before the coordinator closes.
+every few hundred ms, service/api/watch.py), the task is cancelled, which cancels the Replicate
+prediction and releases every slot (see service.generation). The task is also registered with
+the lifespan, so a shutdown cancels and awaits it before the coordinator closes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api import Services, services
-from service.api.body import ClientClosedRequest, read_json
+from service.api import services
+from service.api.body import read_json
+from service.api.watch import until_disconnected
 from service.auth import ADMIN_HEADER, authenticate
 from service.errors import Unavailable
 from service.generation import GeneratedFile, TaskOutcome
 from service.schemas import parse_batch, parse_generate
 
-log = logging.getLogger("service.api.generate")
-
 router = APIRouter()
 
-WATCH_INTERVAL_S = 0.3
-T = TypeVar("T")
+_HANG_UP = "Client closed the request; the generation was cancelled"
 
 
 @router.post("/generate")
@@ -42,7 +37,9 @@ async def generate(request: Request) -> JSONResponse:
         admin_key=request.headers.get(ADMIN_HEADER),
         token=parsed.replicate_api_token,
     )
-    outcome = await _watched(request, found, found.generator.generate(caller, parsed))
+    outcome = await until_disconnected(
+        request, found, found.generator.generate(caller, parsed), message=_HANG_UP
+    )
     return JSONResponse(
         {
             "success": True,
@@ -75,7 +72,9 @@ async def generate_batch(request: Request) -> JSONResponse:
             "Coordination store (Redis) is unreachable; no generation can start until it is back",
             headers={"Retry-After": "5"},
         )
-    outcomes = await _watched(request, found, found.generator.generate_batch(caller, parsed))
+    outcomes = await until_disconnected(
+        request, found, found.generator.generate_batch(caller, parsed), message=_HANG_UP
+    )
     results = [_result(outcome) for outcome in outcomes]
     succeeded = [r for r in results if r["status"] == "succeeded"]
     failed = [r for r in results if r["status"] == "failed"]
@@ -93,44 +92,6 @@ async def generate_batch(request: Request) -> JSONResponse:
             "semaphore_id": parsed.external_semaphore_id,
         }
     )
-
-
-async def _watched(request: Request, found: Services, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` in a task; cancel it when the caller disconnects or this route is cancelled."""
-    task: asyncio.Task[T] = asyncio.create_task(work)
-    found.inflight.add(task)
-    task.add_done_callback(found.inflight.discard)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=WATCH_INTERVAL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                log.info("client disconnected: cancelling its generation")
-                await _cancel(task)
-                raise ClientClosedRequest("Client closed the request; the generation was cancelled")
-    except asyncio.CancelledError:
-        await _cancel(task)
-        raise
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel and wait until the task has cleaned up (prediction cancelled, slots released).
-
-    A second cancellation of the route does not cut that wait short (the cleanup is bounded by
-    the generation's own cancel timeouts); it is re-raised once the task is done.
-    """
-    task.cancel()
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            interrupted = True
-    if not task.cancelled():
-        task.exception()  # retrieved: a failure during cancellation is not the caller's answer
-    if interrupted:
-        raise asyncio.CancelledError
 
 
 def _files(files: list[GeneratedFile]) -> list[dict[str, Any]]:

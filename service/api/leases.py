@@ -31,7 +31,6 @@ the instant it hung up is released at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import re
@@ -42,17 +41,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api import Services, services
-from service.api.body import ClientClosedRequest, read_json_object
+from service.api import services
+from service.api.body import read_json_object
+from service.api.watch import until_disconnected
 from service.auth import ADMIN_HEADER, require_admin
 from service.config import SEMAPHORE_ID_PATTERN
 from service.coordination import (
     AcquireTimeout,
     CoordinationUnavailable,
-    Lease,
     SemaphoreNotFound,
 )
-from service.coordination.lease import shielded
 from service.coordination.remote import (
     MAX_HOLDER_TEXT,
     acquire_remote,
@@ -64,7 +62,6 @@ from service.schemas.requests import json_type
 
 router = APIRouter()
 
-WATCH_INTERVAL_S = 0.5
 _ID_RE = re.compile(SEMAPHORE_ID_PATTERN)
 _LEASE_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _FIELDS = ("timeout_s", "holder")
@@ -104,7 +101,15 @@ async def grant_lease(request: Request, semaphore_id: str) -> JSONResponse:
     timeout_s = _check_timeout(data.get("timeout_s"), settings.queue_timeout_seconds)
     description = _check_holder(data.get("holder"))
     with _coordination_errors(semaphore_id):
-        lease = await _acquire_watched(request, found, semaphore_id, timeout_s, description)
+        lease = await until_disconnected(
+            request,
+            found,
+            acquire_remote(
+                found.coordinator, semaphore_id, timeout_s=timeout_s, description=description
+            ),
+            message="Client closed the request while waiting for a lease",
+            undo=lambda got: release_remote(found.coordinator, got.semaphore_id, got.lease_id),
+        )
     body = _lease_body(semaphore_id, lease.lease_id, lease.expires_at_ms, lease.ttl_s)
     location = f"/global-semaphores/{semaphore_id}/leases/{lease.lease_id}"
     return JSONResponse(body, status_code=201, headers={"Location": location})
@@ -139,48 +144,6 @@ async def release_lease(request: Request, semaphore_id: str, lease_id: str) -> J
         with _coordination_errors(semaphore_id):
             released = await release_remote(found.coordinator, semaphore_id, lease_id)
     return JSONResponse({"released": released})
-
-
-async def _acquire_watched(
-    request: Request, found: Services, semaphore_id: str, timeout_s: float, description: str
-) -> Lease:
-    """Wait for the slot in a task; give up the place in the queue if the caller hangs up."""
-    task = asyncio.create_task(
-        acquire_remote(
-            found.coordinator, semaphore_id, timeout_s=timeout_s, description=description
-        )
-    )
-    inflight: set[asyncio.Task[Any]] | None = getattr(found, "inflight", None)
-    if inflight is not None:  # cancelled at shutdown, like generations
-        inflight.add(task)
-        task.add_done_callback(inflight.discard)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=WATCH_INTERVAL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                await _abandon(found, task)
-                raise ClientClosedRequest("Client closed the request while waiting for a lease")
-    except asyncio.CancelledError:
-        await _abandon(found, task)
-        raise
-
-
-async def _abandon(found: Services, task: asyncio.Task[Lease]) -> None:
-    """Cancel the wait (the acquire leaves the queue itself); release a lease it already got."""
-    task.cancel()
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            interrupted = True  # finish cleaning up first; re-raised below
-    if not task.cancelled() and task.exception() is None:
-        lease = task.result()
-        await shielded(release_remote(found.coordinator, lease.semaphore_id, lease.lease_id))
-    if interrupted:
-        raise asyncio.CancelledError
 
 
 def _lease_body(

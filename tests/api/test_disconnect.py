@@ -81,7 +81,7 @@ async def test_client_disconnect_cancels_the_prediction_and_frees_the_slots(
     client_timeout_s: float,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.api.generate")
+    caplog.set_level(logging.INFO, logger="service.api")
     async with (
         served(settings) as (base_url, _),
         httpx.AsyncClient(base_url=base_url, timeout=10) as client,

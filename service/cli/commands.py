@@ -246,7 +246,7 @@ async def accounts(ctx: Context, args: argparse.Namespace) -> int:
                     {
                         "account": fp,
                         "concurrency": render.summary_json(view) if view else None,
-                        "creations_last_60s": report.admissions,
+                        "creations_in_window": report.admissions,
                     }
                     for fp, view, report in rows
                 ]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from service.coordination import ACCOUNT, KeySpace
+from service.coordination.coordinator import ACCOUNT_WINDOW_S
 from service.coordination.redis_errors import guarded
 from service.coordination.window import WINDOW_S
 
@@ -43,7 +44,8 @@ async def read_window(
     """Mirrors take_window.lua: an entry counts while its score > now - window, and when full the
     next slot frees 1 ms after the entry at rank (count - limit) leaves the window."""
     key = keyspace.window(scope)
-    window_ms = int(WINDOW_S * 1000)
+    window_s = ACCOUNT_WINDOW_S if scope.startswith("acct:") else WINDOW_S
+    window_ms = int(window_s * 1000)
     now = await server_now_ms(client)
     low = f"({now - window_ms}"
     pipe = client.pipeline(transaction=False)
@@ -62,7 +64,7 @@ async def read_window(
     return WindowReport(
         scope=scope,
         key=key,
-        window_s=WINDOW_S,
+        window_s=window_s,
         limit=limit,
         admissions=admissions,
         remaining=max(0, limit - admissions),

@@ -30,6 +30,7 @@ from .window import SlidingWindow, WindowResult
 log = logging.getLogger("service.coordination")
 
 ACCOUNT_KEYS_TTL_MS = 24 * 3600 * 1000
+ACCOUNT_WINDOW_S = 61.0  # 60 s, plus 1 s for skew between admission here and arrival upstream
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,17 @@ class Coordinator:
     async def take_account_rate(
         self, account: str, *, limit_per_minute: int, timeout_s: float
     ) -> WindowResult:
-        """One prediction creation from the account's sliding 60 s window."""
+        """One prediction creation from the account's sliding 60 s window.
+
+        The window is enforced where the token is taken, but Replicate counts where the create
+        lands; requests admitted at the edges of a window can travel with different delays
+        (queued behind other work, a slow connection), bringing two admissions that were 60 s
+        apart here closer than 60 s there. One second of margin absorbs that skew."""
         return await self.window.wait_take(
             f"acct:{account}",
             limit_per_minute,
             timeout_s,
+            window_s=ACCOUNT_WINDOW_S,
             limit_scope="account_rate",
             limit_id=account,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +17,7 @@ from service.coordination import (
     SemaphoreExists,
     SemaphoreNotFound,
 )
+from service.coordination.remote import acquire_remote, release_remote
 from tests.fixtures.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -104,7 +106,7 @@ async def test_account_limits_are_created_on_first_use(redis_url: str) -> None:
     with pytest.raises(AcquireTimeout) as raised:
         await c.take_account_rate("fp1", limit_per_minute=2, timeout_s=0.5)
     assert raised.value.scope == "account_rate"
-    assert 59 <= raised.value.retry_after_s <= 60.1
+    assert 60 <= raised.value.retry_after_s <= 61.1  # 60 s window + 1 s margin for skew
     await c.close()
 
 
@@ -200,4 +202,129 @@ async def test_force_release_frees_the_slot_and_counts_it(redis_url: str) -> Non
     await asyncio.wait_for(lease.lost.wait(), 3)
     view = await c.registry.view("stuck", detail=True)
     assert view.counters["force_released"] == 1 and view.in_use == 0
+    await c.close()
+
+
+async def redis_ms(client: aioredis.Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def queued_ids(client: aioredis.Redis, queue_key: str, count: int) -> list[str]:
+    deadline = time.monotonic() + 10
+    while await client.zcard(queue_key) < count:
+        assert time.monotonic() < deadline, f"never saw {count} waiter(s)"
+        await asyncio.sleep(0.01)
+    return [m.decode() for m in await client.zrange(queue_key, 0, -1)]
+
+
+async def test_a_granted_waiter_whose_grant_message_is_lost_gets_its_lease_by_polling(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    c = await connect(redis_url, lease_ttl_s=5.0, queue_entry_ttl_s=0.9)
+    dropped: list[str] = []
+    c.dispatcher._grant = lambda waiter_id, grant: dropped.append(waiter_id)  # type: ignore[method-assign]
+    await c.registry.create("lost-grant", 1)
+    keys = c.keyspace.semaphore("lost-grant")
+    first = await c.acquire("lost-grant", timeout_s=1)
+    waiter = asyncio.create_task(c.acquire("lost-grant", timeout_s=10))
+    [waiter_id] = await queued_ids(redis_client, keys.queue, 1)
+    await first.release()
+    # Granted in Redis at once; the message never reaches the waiter.
+    assert await redis_client.zscore(keys.holders, waiter_id) is not None
+    assert not waiter.done()
+    lease = await asyncio.wait_for(waiter, 2)  # its next poll (every 0.3 s) finds it held
+    assert dropped == [waiter_id] and lease.lease_id == waiter_id
+    # The poll extended the grant (which lapsed with the queue entry) to a full TTL.
+    now = await redis_ms(redis_client)
+    assert lease.expires_at_ms - now > 4000
+    assert await redis_client.zscore(keys.holders, waiter_id) == lease.expires_at_ms
+    assert lease.valid_s == 5.0 and lease.is_valid()
+    await lease.release()
+    await c.close()
+
+
+async def test_a_waiter_cancelled_right_after_its_grant_leaves_no_holder(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    c = await connect(redis_url)
+    await c.registry.create("cancel-grant", 1)
+    keys = c.keyspace.semaphore("cancel-grant")
+    first = await c.acquire("cancel-grant", timeout_s=1)
+    doomed = asyncio.create_task(c.acquire("cancel-grant", timeout_s=10))
+    [doomed_id] = await queued_ids(redis_client, keys.queue, 1)
+    behind = asyncio.create_task(c.acquire("cancel-grant", timeout_s=10))
+    await queued_ids(redis_client, keys.queue, 2)
+    deliver = c.dispatcher._grant
+
+    def deliver_then_cancel(waiter_id: str, grant: Any) -> None:
+        deliver(waiter_id, grant)  # the grant is in hand, its event set...
+        if waiter_id == doomed_id:
+            doomed.cancel()  # ...and the waiter is cancelled before it runs again
+
+    c.dispatcher._grant = deliver_then_cancel  # type: ignore[method-assign]
+    await first.release()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    # Its cleanup released the granted slot, which went on to the next waiter.
+    lease = await asyncio.wait_for(behind, 5)
+    holders = [m.decode() for m in await redis_client.zrange(keys.holders, 0, -1)]
+    assert holders == [lease.lease_id]
+    assert doomed_id not in c.semaphores.held
+    await lease.release()
+    assert await redis_client.zcard(keys.holders) == 0
+    assert await redis_client.zcard(keys.queue) == 0
+    assert c.semaphores.held == {}
+    await c.close()
+
+
+async def test_a_granted_lease_is_renewed_to_a_full_ttl_soon(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    c = await connect(redis_url, lease_ttl_s=3.0, queue_entry_ttl_s=1.2)
+    await c.registry.create("short-grant", 1)
+    keys = c.keyspace.semaphore("short-grant")
+    first = await c.acquire("short-grant", timeout_s=1)
+    waiter = asyncio.create_task(c.acquire("short-grant", timeout_s=10))
+    await queued_ids(redis_client, keys.queue, 1)
+    await first.release()
+    lease = await asyncio.wait_for(waiter, 2)
+    assert c.dispatcher.grants_received == 1  # granted by the release, not by a poll
+    now = await redis_ms(redis_client)
+    # The grant ran only until the queue entry's expiry, and the lease knows it.
+    assert lease.expires_at_ms - now <= 1200
+    assert lease.valid_s <= 1.2
+    granted_until = lease.expires_at_ms
+    deadline = time.monotonic() + 1.0
+    while lease.expires_at_ms == granted_until:  # renewed within TTL/10 (0.3 s)
+        assert time.monotonic() < deadline, "the grant was not renewed"
+        await asyncio.sleep(0.02)
+    now = await redis_ms(redis_client)
+    assert lease.expires_at_ms - now > 2500
+    assert await redis_client.zscore(keys.holders, lease.lease_id) == lease.expires_at_ms
+    assert lease.valid_s == 3.0 and lease.is_valid()
+    await asyncio.sleep(1.5)  # past the grant's own expiry: still held
+    assert lease.is_valid()
+    assert await lease.release()
+    await c.close()
+
+
+async def test_a_detached_lease_is_handed_over_with_a_full_ttl(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    c = await connect(redis_url, lease_ttl_s=30.0, queue_entry_ttl_s=1.2)
+    await c.registry.create("remote-grant", 1)
+    keys = c.keyspace.semaphore("remote-grant")
+    first = await c.acquire("remote-grant", timeout_s=1)
+    waiter = asyncio.create_task(acquire_remote(c, "remote-grant", timeout_s=10, description="x"))
+    await queued_ids(redis_client, keys.queue, 1)
+    await first.release()
+    lease = await asyncio.wait_for(waiter, 2)
+    assert c.dispatcher.grants_received == 1
+    # Its client renews by the TTL it is told, so the grant was renewed before it was answered.
+    assert lease.expires_at_ms - await redis_ms(redis_client) > 28_000
+    assert lease.lease_id not in c.semaphores.held
+    info = await redis_client.hget(keys.info, lease.lease_id)
+    assert info is not None and b'"remote":true' in info and b'"purpose":"x"' in info
+    assert await release_remote(c, "remote-grant", lease.lease_id)
     await c.close()

@@ -55,7 +55,7 @@ def analyse(traces: list[list[Any]]) -> list[str]:
         calls_per_lease.append(len(attempts))
         final = attempts[-1]
         if final[5] != 1 and len(attempts) == 1:
-            # Granted by a release (prototype variant): the wake-up is the acquisition.
+            # Granted by a release: the wake-up (the grant message) is the acquisition.
             woke = wakes.get(final[2], [])
             i = bisect.bisect_right(release_starts, woke[-1]) - 1 if woke else -1
             if i >= 0:
@@ -78,12 +78,14 @@ def analyse(traces: list[list[Any]]) -> list[str]:
         schedule.append((sent - t_wake) * 1000)
         rtt.append((replied - sent) * 1000)
         total.append((replied - t_release) * 1000)
-    # Prototype variant only: Redis TIME at the grant's PUBLISH, and when the waiter read it.
+    # Grants: Redis TIME when the releasing script made it, and when the waiter read it. The
+    # grant message carries whole milliseconds (floored): match releases up to 1 ms later, and
+    # read both splits as ±1 ms.
     to_redis, to_waiter = [], []
     for trace in traces:
         for t in trace:
             if t[0] == "srv" and t[2]:
-                i = bisect.bisect_right(release_starts, t[2]) - 1
+                i = bisect.bisect_right(release_starts, t[2] + 0.001) - 1
                 if i >= 0:
                     to_redis.append((t[2] - release_starts[i]) * 1000)
                     to_waiter.append((t[3] - t[2]) * 1000)
@@ -97,8 +99,8 @@ def analyse(traces: list[list[Any]]) -> list[str]:
         summary("handoff: event set → acquire sent", schedule),
         summary("handoff: final acquire_slot rtt", rtt),
         summary("handoff: release sent → slot known", total),
-        summary("grant: release sent → Lua runs (Redis)", to_redis),
-        summary("grant: Lua runs → waiter reads message", to_waiter),
+        summary("grant: release sent → Lua runs (±1 ms)", to_redis),
+        summary("grant: Lua runs → message read (±1 ms)", to_waiter),
         f"acquire_slot calls per lease: {dict(sorted(histogram.items()))}; "
         f"waited acquisitions admitted without a wake-up: {unwoken}",
     ]
@@ -111,9 +113,6 @@ async def create(url: str, semaphore: str) -> None:
     await c.close()
 
 
-VARIANTS = ("", "grant", "grant-targeted")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=5.0)
@@ -122,63 +121,48 @@ def main() -> None:
     parser.add_argument("--no-trace", action="store_true", help="no per-call trace")
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--workers", type=int, default=8, help="per process")
-    parser.add_argument(
-        "--variants",
-        default="",
-        help="comma-separated, from: (empty = today's library), grant, grant-targeted; "
-        "e.g. ',grant,grant-targeted' runs all three side by side",
-    )
-    parser.add_argument("--repeat", type=int, default=1, help="rounds (variants interleaved)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (medians printed)")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    for v in variants:
-        if v not in VARIANTS:
-            parser.error(f"unknown variant {v!r}")
     server = PrivateRedis()
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    results: list[dict[str, float]] = []
     try:
         server.client.set("rcg:epoch", "probe")
         with tempfile.TemporaryDirectory(prefix="coord-probe-") as tmp:
             for r in range(args.repeat):
-                for v in variants:
-                    semaphore = f"probe-{r}-{v or 'today'}"
-                    asyncio.run(create(server.url, semaphore))
-                    extra = [] if args.no_trace else ["--trace"]
-                    if v:
-                        extra += ["--variant", v]
-                    profile = args.profile / (v or "today") if args.profile else None
-                    if profile:
-                        profile.mkdir(parents=True, exist_ok=True)
-                    run = contended_run(
-                        server,
-                        "coord",
-                        args.pause_ms,
-                        args.duration,
-                        Path(tmp),
-                        extra=extra,
-                        semaphore=semaphore,
-                        profile_dir=profile,
-                        layout=[(f"p{i}", args.workers) for i in range(args.processes)],
-                    )
-                    results[v].append(run.metrics)
-                    m = run.metrics
-                    print(
-                        f"[{r}] {v or 'today':<15} {m['acquisitions']:.0f} acq, max holders "
-                        f"{m['max_holders']:.0f}, util {m['utilization']:.3f}, handoff "
-                        f"p50/p90/p99 {m['handoff_p50']:.2f}/{m['handoff_p90']:.2f}/"
-                        f"{m['handoff_p99']:.2f} ms, wait max {m['wait_max']:.0f} ms, CV "
-                        f"{m['fair_cv']:.3f}, cmds/acq {m['client_cmds']:.2f}, client CPU "
-                        f"{m['client_cpu_us']:.0f} us/acq, redis CPU {m['redis_cpu_us']:.0f}"
-                    )
-                    if not args.no_trace:
-                        print("\n".join("    " + line for line in analyse(run.traces)))
+                semaphore = f"probe-{r}"
+                asyncio.run(create(server.url, semaphore))
+                extra = [] if args.no_trace else ["--trace"]
+                profile = args.profile / f"round-{r}" if args.profile else None
+                if profile:
+                    profile.mkdir(parents=True, exist_ok=True)
+                run = contended_run(
+                    server,
+                    "coord",
+                    args.pause_ms,
+                    args.duration,
+                    Path(tmp),
+                    extra=extra,
+                    semaphore=semaphore,
+                    profile_dir=profile,
+                    layout=[(f"p{i}", args.workers) for i in range(args.processes)],
+                )
+                results.append(run.metrics)
+                m = run.metrics
+                print(
+                    f"[{r}] {m['acquisitions']:.0f} acq, max holders "
+                    f"{m['max_holders']:.0f}, util {m['utilization']:.3f}, handoff "
+                    f"p50/p90/p99 {m['handoff_p50']:.2f}/{m['handoff_p90']:.2f}/"
+                    f"{m['handoff_p99']:.2f} ms, wait max {m['wait_max']:.0f} ms, CV "
+                    f"{m['fair_cv']:.3f}, cmds/acq {m['client_cmds']:.2f}, client CPU "
+                    f"{m['client_cpu_us']:.0f} us/acq, redis CPU {m['redis_cpu_us']:.0f}"
+                )
+                if not args.no_trace:
+                    print("\n".join("    " + line for line in analyse(run.traces)))
         if args.repeat > 1:
             keys = ["utilization", "handoff_p50", "handoff_p90", "handoff_p99", "client_cmds"]
             keys += ["client_cpu_us", "redis_cpu_us", "over_admissions"]
-            print("median over rounds:")
-            for v in variants:
-                cells = [f"{k} {statistics.median(m[k] for m in results[v]):.3f}" for k in keys]
-                print(f"  {v or 'today':<15} " + "  ".join(cells))
+            cells = [f"{k} {statistics.median(m[k] for m in results):.3f}" for k in keys]
+            print("median over rounds: " + "  ".join(cells))
     finally:
         server.stop()
 

@@ -98,7 +98,8 @@ TRACE: list[list[Any]] = []
 
 
 def install_trace(c: Coordinator) -> None:
-    """Diagnostics (--trace): log every script call and every wake-up with time.time()."""
+    """Diagnostics (--trace): log every script call and every wake-up with time.time(), and for
+    every grant read, the Redis time at which the releasing script made it."""
     scripts = c.scripts
     plain_call = scripts.call
 
@@ -125,14 +126,18 @@ def install_trace(c: Coordinator) -> None:
         return event
 
     dispatcher.register = register  # type: ignore[method-assign]
+    plain_grant = dispatcher._grant
+
+    def grant(waiter_id: str, granted: Any) -> None:
+        TRACE.append(["srv", waiter_id, granted.granted_at_ms / 1000, time.time()])
+        plain_grant(waiter_id, granted)
+
+    dispatcher._grant = grant  # type: ignore[method-assign]
 
 
 async def finish(args: argparse.Namespace, records: list[list[Any]], cpu: float) -> None:
     with open(args.out, "w") as fh:
         trace = list(TRACE)
-        variant = sys.modules.get("benchmarks.coord_variant")
-        if variant is not None:
-            trace += [["srv", *row] for row in variant.SERVER_TIMES]
         json.dump({"records": records, "cpu_s": cpu, "trace": trace}, fh)
     say("DONE")
     await read_line()  # EXIT or EOF
@@ -147,10 +152,6 @@ async def coord_mode(args: argparse.Namespace) -> None:
             queue_entry_ttl_s=args.queue_ttl,
         )
     )
-    if args.variant:
-        from benchmarks import coord_variant
-
-        coord_variant.install(c, targeted=args.variant == "grant-targeted")
     if args.trace:
         install_trace(c)
     await c.start()
@@ -213,12 +214,6 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--trace", action="store_true", help="coord: log calls and wake-ups")
     parser.add_argument("--profile", default="", help="write a cProfile of the run here")
-    parser.add_argument(
-        "--variant",
-        choices=["", "grant", "grant-targeted"],
-        default="",
-        help="coord: prototype of a library change (benchmarks/coord_variant.py)",
-    )
     args = parser.parse_args()
     asyncio.run(MODES[args.mode](args))
 

@@ -2,7 +2,7 @@
 -- Take a slot of a semaphore, or join (or stay in) its first-come-first-served queue.
 --
 -- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
--- ARGV[1] lease id (random; also the waiter id while queued)
+-- ARGV[1] lease id (random, "<random>-<process token>"; also the waiter id while queued)
 -- ARGV[2] lease TTL (ms)
 -- ARGV[3] holder JSON (replica, purpose, ...) shown to operators
 -- ARGV[4] "1" to queue when no slot is free, "0" to try once
@@ -11,10 +11,12 @@
 --         "0": a registered semaphore, which must exist
 -- ARGV[7] grace (ms) to set when this call creates the semaphore (after a suspected data loss)
 -- ARGV[8] TTL (ms) of the semaphore's keys; "0" keeps them (registered semaphores)
--- ARGV[9] wake channel
--- ARGV[10] waiter JSON (replica, since)
+-- ARGV[9] wake channel (grants go to "<channel>:<token>", see grant_heads)
+-- ARGV[10] waiter JSON object (replica, since)
 -- Returns:
---   {1, expiry_ms, epoch, in_use, limit}          acquired (or already held: idempotent)
+--   {1, expiry_ms, epoch, in_use, limit}          acquired, or already held: granted to this
+--                                                 waiter by a release whose message it missed
+--                                                 (the lease is then extended to a full TTL)
 --   {0, position, retry_hint_ms, in_use, limit}   queued at 1-based position (0: not queued)
 --   {-1}                                          no such semaphore
 local lease_id = ARGV[1]
@@ -38,15 +40,24 @@ end
 if keys_ttl > 0 then redis.call('PEXPIRE', KEYS[1], keys_ttl) end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 
-if purge(now, 64) > 0 then wake_heads(now, ARGV[9]) end
+-- Slots freed by expiry (or a raised limit) go to the queue heads first, this caller included
+-- if it is one of them.
+purge(now, 64)
+local _, free = grant_heads(now, ARGV[9], lease_id)
 
 local held = redis.call('ZSCORE', KEYS[2], lease_id)
 local in_use = redis.call('ZCARD', KEYS[2])
 if held and tonumber(held) > now then
-  return {1, tonumber(held), epoch, in_use, limit}
+  -- Granted: the caller is alive, so its lease runs a full TTL from now, with this attempt's
+  -- holder JSON.
+  local expiry = math.max(tonumber(held), now + ttl)
+  redis.call('ZADD', KEYS[2], expiry, lease_id)
+  redis.call('HSET', KEYS[3], lease_id, ARGV[3])
+  keep_for(KEYS[2], ttl * 3)
+  keep_for(KEYS[3], ttl * 3)
+  return {1, expiry, epoch, in_use, limit}
 end
 
-local free = free_slots(now)
 local rank = redis.call('ZRANK', KEYS[4], lease_id)
 local eligible
 if rank then
@@ -56,11 +67,7 @@ else
 end
 
 if eligible then
-  if rank then
-    redis.call('ZREM', KEYS[4], lease_id)
-    redis.call('ZREM', KEYS[5], lease_id)
-    redis.call('HDEL', KEYS[6], lease_id)
-  end
+  if rank then drop_waiters({lease_id}) end
   local expiry = now + ttl
   redis.call('ZADD', KEYS[2], expiry, lease_id)
   redis.call('HSET', KEYS[3], lease_id, ARGV[3])
@@ -86,9 +93,13 @@ end
 if not rank then
   local ticket = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('ZADD', KEYS[4], ticket, lease_id)
-  redis.call('HSET', KEYS[6], lease_id, ARGV[10])
   rank = redis.call('ZCARD', KEYS[4]) - 1
 end
+-- Every attempt refreshes the record a grant is made from (lease TTL, waiter, holder JSON).
+local fields = string.sub(ARGV[10], 2, -2)
+if fields ~= '' then fields = fields .. ',' end
+redis.call('HSET', KEYS[6], lease_id,
+  '{"ttl_ms":' .. string.format('%d', ttl) .. ',' .. fields .. '"holder":' .. ARGV[3] .. '}')
 redis.call('ZADD', KEYS[5], now + queue_ttl, lease_id)
 keep_for(KEYS[4], queue_ttl * 3)
 keep_for(KEYS[5], queue_ttl * 3)

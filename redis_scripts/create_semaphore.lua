@@ -1,5 +1,6 @@
 -- uses: common
 -- Create a semaphore, or with mode "ensure" create it or set its limit (declarative config).
+-- A raised limit grants the slots it adds to the queue heads at once (grant_heads).
 --
 -- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
 -- ARGV[1] limit (>= 1), ARGV[2] mode "create" | "ensure", ARGV[3] wake channel
@@ -11,7 +12,8 @@ local existing = redis.call('HGET', KEYS[1], 'limit')
 if existing then
   if ARGV[2] ~= 'ensure' then return 0 end
   redis.call('HSET', KEYS[1], 'limit', limit)
-  wake_heads(now, ARGV[3])
+  purge(now, 64)
+  grant_heads(now, ARGV[3], nil)
   return 2
 end
 redis.call('HSET', KEYS[1], 'limit', limit, 'epoch', now .. ':create', 'created_ms', now,

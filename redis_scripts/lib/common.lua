@@ -3,12 +3,20 @@
 --   KEYS[1] meta (HASH limit, epoch, grace_until, created_ms, seq)
 --   KEYS[2] holders (ZSET lease id -> expiry ms)     KEYS[3] info (HASH lease id -> holder JSON)
 --   KEYS[4] queue (ZSET waiter id -> ticket)         KEYS[5] qexp (ZSET waiter id -> expiry ms)
---   KEYS[6] qinfo (HASH waiter id -> waiter JSON)    KEYS[7] stats (HASH counters)
+--   KEYS[6] qinfo (HASH waiter id -> waiter record)  KEYS[7] stats (HASH counters)
+-- A waiter record (written by acquire_slot) is the waiter JSON with the lease TTL first and the
+-- holder JSON last: {"ttl_ms":30000,"replica":"...","since":...,"holder":{...}}.
 -- All time comes from the Redis server, never from a client.
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function drop_waiters(ids)
+  redis.call('ZREM', KEYS[4], unpack(ids))
+  redis.call('ZREM', KEYS[5], unpack(ids))
+  redis.call('HDEL', KEYS[6], unpack(ids))
 end
 
 -- Remove at most `batch` expired holders and expired waiters. Returns how many went.
@@ -23,9 +31,7 @@ local function purge(now, batch)
   end
   local stale = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, batch)
   if #stale > 0 then
-    redis.call('ZREM', KEYS[4], unpack(stale))
-    redis.call('ZREM', KEYS[5], unpack(stale))
-    redis.call('HDEL', KEYS[6], unpack(stale))
+    drop_waiters(stale)
     gone = gone + #stale
   end
   return gone
@@ -40,17 +46,6 @@ local function free_slots(now)
   return limit - redis.call('ZCARD', KEYS[2])
 end
 
--- Wake the waiters now entitled to a slot: the first `free` of the queue, by id.
-local function wake_heads(now, channel)
-  local free = free_slots(now)
-  if free <= 0 then return 0 end
-  local heads = redis.call('ZRANGE', KEYS[4], 0, free - 1)
-  if #heads > 0 then
-    redis.call('PUBLISH', channel, table.concat(heads, ' '))
-  end
-  return #heads
-end
-
 -- Raise (never lower) a key's TTL to at least `ttl_ms`.
 local function keep_for(key, ttl_ms)
   local pttl = redis.call('PTTL', key)
@@ -59,4 +54,89 @@ local function keep_for(key, ttl_ms)
   elseif pttl == -1 then
     redis.call('PEXPIRE', key, ttl_ms)
   end
+end
+
+-- Grant on release: give the free slots straight to the queue heads, first come first served,
+-- and tell their processes, so that a waiter gets its lease without asking again.
+--
+-- A grant is a lease like any other (holders + info), expiring at the earlier of now + the
+-- waiter's lease TTL and its queue entry's expiry: a grant to a waiter whose process died lapses
+-- no later than its queue entry would have (the grantee, alive, renews it to a full TTL at once).
+-- Its holder JSON is the one the waiter sent with its last attempt, `acquired_at` set to now.
+-- Heads whose queue entry already expired are dropped, never granted.
+--
+-- One message per process: a lease id "<random>-<token>" is announced on "<channel>:<token>",
+-- any other id on `channel` itself:
+--   grant <now ms> <limit> <epoch> <id>:<expiry ms> [<id>:<expiry ms> ...]
+-- `caller` (acquire_slot's own id, or nil) is granted like the others but not announced: it
+-- learns from the script's reply. A head whose record has no "ttl_ms" was queued by an older
+-- version of these scripts (a rolling upgrade), whose process expects a wake-up: its slot stays
+-- free for it and its id is published on `channel`, as before grants. Returns how many were
+-- granted, and the free slots left (free_slots after the grants).
+local function grant_heads(now, channel, caller)
+  local free = free_slots(now)
+  if free <= 0 then return 0, free end
+  local granted, dead = {}, {}
+  local offset = 0
+  while #granted < free and #dead < 256 do
+    local ids = redis.call('ZRANGE', KEYS[4], offset, offset + free - #granted - 1)
+    if #ids == 0 then break end
+    offset = offset + #ids
+    for _, id in ipairs(ids) do
+      local until_ms = tonumber(redis.call('ZSCORE', KEYS[5], id))
+      if until_ms and until_ms > now then
+        granted[#granted + 1] = {id, until_ms}
+      else
+        dead[#dead + 1] = id
+      end
+    end
+  end
+  if #dead > 0 then drop_waiters(dead) end
+  if #granted == 0 then return 0, free end
+
+  local epoch = redis.call('HGET', KEYS[1], 'epoch') or '-'
+  local head = 'grant ' .. string.format('%d', now) .. ' ' .. redis.call('HGET', KEYS[1], 'limit')
+    .. ' ' .. epoch
+  local stamp = '"acquired_at":' .. string.format('%.3f', now / 1000)
+  local ids, woken, longest = {}, {}, 0
+  local messages, order = {}, {}
+  for _, entry in ipairs(granted) do
+    local id, until_ms = entry[1], entry[2]
+    local record = redis.call('HGET', KEYS[6], id) or '{}'
+    local ttl = tonumber(string.match(record, '^{"ttl_ms":(%d+),'))
+    local holder = string.match(record, ',"holder":(.*)}$')
+    if not (ttl and holder) then
+      woken[#woken + 1] = id
+    else
+      local expiry = math.min(now + ttl, until_ms)
+      holder = (string.gsub(holder, '"acquired_at":[%d%.eE+%-]+', stamp, 1))
+      redis.call('ZADD', KEYS[2], expiry, id)
+      redis.call('HSET', KEYS[3], id, holder)
+      ids[#ids + 1] = id
+      longest = math.max(longest, ttl)
+      if id ~= caller then
+        local token = string.match(id, '%-(%w+)$') or ''
+        if not messages[token] then
+          messages[token] = {head}
+          order[#order + 1] = token
+        end
+        local parts = messages[token]
+        parts[#parts + 1] = id .. ':' .. string.format('%d', expiry)
+      end
+    end
+  end
+  if #woken > 0 then redis.call('PUBLISH', channel, table.concat(woken, ' ')) end
+  if #ids == 0 then return 0, free end
+  drop_waiters(ids)
+  redis.call('HINCRBY', KEYS[7], 'acquired', #ids)
+  keep_for(KEYS[2], longest * 3)
+  keep_for(KEYS[3], longest * 3)
+  local meta_ttl = redis.call('PTTL', KEYS[1])
+  if meta_ttl > 0 then keep_for(KEYS[7], meta_ttl) end
+  for _, token in ipairs(order) do
+    local target = channel
+    if token ~= '' then target = channel .. ':' .. token end
+    redis.call('PUBLISH', target, table.concat(messages[token], ' '))
+  end
+  return #ids, free - #ids
 end

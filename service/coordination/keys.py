@@ -3,6 +3,10 @@
 All keys of one semaphore share the hash tag `{<kind>:<id>}`, so each script touches one cluster
 slot. Kinds: `sem` (global semaphores, registered by id), `acct` (one per Replicate account
 fingerprint). Windows use `{win:<scope>}`.
+
+Channels are not keys: a semaphore's wake channel `<base>:wake` carries plain wake-ups (a
+delete), and `<base>:wake:<token>` carries the grants to the waiters of the one process whose
+lease ids end in `-<token>` (service/coordination/wake.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class SemaphoreKeys:
     def all(self) -> list[str]:
         """In the order every semaphore script expects (redis_scripts/lib/common.lua)."""
         return [self.meta, self.holders, self.info, self.queue, self.qexp, self.qinfo, self.stats]
+
+    def grant_channel(self, token: str) -> str:
+        """Where this semaphore's grants to one process's waiters are announced."""
+        return f"{self.channel}:{token}"
 
 
 @dataclass(frozen=True)
@@ -71,4 +79,5 @@ class KeySpace:
 
     @property
     def channel_pattern(self) -> str:
+        """Every semaphore's wake channel; with `:<token>` appended, one process's grants."""
         return f"{self.prefix}:{{*}}:wake"

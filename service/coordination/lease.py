@@ -23,6 +23,12 @@ class Holder:
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
+    @property
+    def detached(self) -> bool:
+        """A lease whose client renews it itself (service.coordination.remote marks its holders
+        `remote`): this process never renews it in the background."""
+        return getattr(self, "remote", False) is True
+
 
 class LeaseOwner(Protocol):
     async def release(self, lease: Lease) -> bool: ...
@@ -34,7 +40,9 @@ class Lease:
 
     `expires_at_ms` is Redis server time. Locally, `is_valid()` uses the monotonic clock since the
     last successful renewal, so a process that was frozen (SIGSTOP, a long GC or event-loop stall)
-    knows its lease may be gone before it touches Redis again.
+    knows its lease may be gone before it touches Redis again. `valid_s` is how long Redis gave
+    it at that moment: one TTL, except for a lease granted by a release, whose grant can lapse
+    with its queue entry (sooner) until its first renewal.
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class Lease:
         ttl_s: float,
         holder: Holder,
         keys_ttl_ms: int,
+        valid_s: float | None = None,
     ) -> None:
         self._owner = owner
         self.semaphore_id = semaphore_id
@@ -61,6 +70,7 @@ class Lease:
         self.ttl_s = ttl_s
         self.holder = holder
         self.keys_ttl_ms = keys_ttl_ms
+        self.valid_s = ttl_s if valid_s is None else min(ttl_s, valid_s)
         self.renewed_at = time.monotonic()
         self.released = False
         self.lost = asyncio.Event()
@@ -73,7 +83,7 @@ class Lease:
         """Still ours by both Redis' last word and the local clock (with a 10% safety margin)."""
         if self.released or self.lost.is_set():
             return False
-        return time.monotonic() - self.renewed_at < self.ttl_s * 0.9
+        return time.monotonic() - self.renewed_at < self.valid_s * 0.9
 
     def on_lost(self, callback: Callable[[Lease], Awaitable[None] | None]) -> None:
         self._on_lost.append(callback)
@@ -92,6 +102,7 @@ class Lease:
     def renewed(self, expires_at_ms: int, epoch: str) -> None:
         self.expires_at_ms = expires_at_ms
         self.epoch = epoch
+        self.valid_s = self.ttl_s
         self.renewed_at = time.monotonic()
 
     def mark_lost(self) -> None:

@@ -5,6 +5,12 @@ on it at once). A lease that Redis no longer has is marked lost (its holder is t
 using the slot); it is never silently re-added, except when Redis lost its data, where the
 semaphore comes back with a grace period and old holders re-assert their leases.
 
+A lease granted by a release lapses with its waiter's queue entry when that comes first (so a
+grant to a dead waiter frees its slot as soon as the waiter's place in the queue would have):
+the renewer brings it to a full TTL soon after the grant, within TTL/10 (or a quarter of what
+the grant has left, if sooner), in one renew_leases call per semaphore for every lease that came
+due together. Most short holds are released before then and need no call at all.
+
 Data loss is also seen through the epoch key: a random token set once; if it vanishes or
 changes, this process suspects every semaphore for one TTL (new acquisitions that recreate a
 semaphore set a grace period), and re-creates the declared semaphores.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections import defaultdict
@@ -50,11 +57,17 @@ class Renewer:
         self._semaphores = semaphores
         self._on_data_loss = on_data_loss
         self._task: asyncio.Task[None] | None = None
+        self._soon_task: asyncio.Task[None] | None = None
+        self._soon: dict[str, Lease] = {}
+        self._soon_due = math.inf
+        self._soon_changed = asyncio.Event()
         self.epoch: str | None = None
         self.last_epoch_check = float("-inf")
         self.data_losses_seen = 0
         self.lost_total = 0
         self.on_lost: list[Callable[[Lease], None]] = []
+        semaphores.renew_soon = self.renew_soon
+        semaphores.renew_now = self.renew_now
 
     @property
     def interval_s(self) -> float:
@@ -64,11 +77,13 @@ class Renewer:
         with contextlib.suppress(CoordinationUnavailable):
             await self.check_epoch()
         self._task = asyncio.create_task(self._run(), name="lease-renewer")
+        self._soon_task = asyncio.create_task(self._run_soon(), name="grant-renewer")
 
     async def close(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
-            self._task = None
+        for task in (self._task, self._soon_task):
+            if task is not None:
+                await stop_task(task)
+        self._task = self._soon_task = None
 
     async def _run(self) -> None:
         while True:
@@ -86,6 +101,48 @@ class Renewer:
                 log.warning("lease renewal failed", extra={"error": type(exc).__name__})
                 delay = min(1.0, self.interval_s)
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+    def renew_soon(self, lease: Lease) -> None:
+        """Renew a lease granted with less than a full TTL, soon and together with others."""
+        self._soon[lease.lease_id] = lease
+        delay = min(self._semaphores.lease_ttl_s / 10, lease.valid_s / 4)
+        due = time.monotonic() + delay
+        if due < self._soon_due:
+            self._soon_due = due
+            self._soon_changed.set()
+
+    async def renew_now(self, lease: Lease) -> None:
+        await self.renew_group([lease])
+
+    async def _run_soon(self) -> None:
+        while True:
+            delay = self._soon_due - time.monotonic()
+            if delay > 0:
+                self._soon_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    timeout = None if math.isinf(delay) else delay
+                    await asyncio.wait_for(self._soon_changed.wait(), timeout)
+                continue
+            batch = [
+                lease
+                for lease in self._soon.values()
+                if not lease.released and not lease.lost.is_set()
+            ]
+            self._soon.clear()
+            self._soon_due = math.inf
+            groups: dict[tuple[str, str], list[Lease]] = defaultdict(list)
+            for lease in batch:
+                groups[(lease.kind, lease.semaphore_id)].append(lease)
+            try:
+                await asyncio.gather(*(self.renew_group(leases) for leases in groups.values()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("granted lease renewal failed", extra={"error": type(exc).__name__})
+                for lease in batch:
+                    self._soon.setdefault(lease.lease_id, lease)
+                retry = time.monotonic() + min(1.0, self.interval_s)
+                self._soon_due = min(self._soon_due, retry)
 
     async def check_epoch(self) -> None:
         """Notice a Redis that lost its data, or is new.
@@ -164,8 +221,9 @@ class Renewer:
         expiry = int(reply[0])
         epoch = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         for lease, code in zip(leases, reply[2:], strict=True):
-            if lease.released:
-                continue  # released while the renewal was in flight: not lost, just gone
+            if lease.released or lease.lost.is_set():
+                continue  # released while the renewal was in flight (not lost, just gone), or
+                # already reported lost by a concurrent renewal
             if int(code) == 0:
                 self._semaphores.held.pop(lease.lease_id, None)
                 self.lost_total += 1

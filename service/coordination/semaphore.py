@@ -1,20 +1,32 @@
 """Acquiring and releasing leased slots, with first-come-first-served waiting across replicas.
 
-A worked timeline, limit 1, lease TTL 30 s (times are Redis server time):
+Grant on release: a release gives the freed slot straight to the queue head, in the same Lua
+script, and tells the head's process; the waiter returns its lease on that message without a
+second call. A worked timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (Redis time):
 
     t=0.000  A: acquire_slot  → free=1, queue empty  → A holds L1 until t=30
-    t=0.100  B: acquire_slot  → free=0               → B queued at position 1, told to re-check
-                                                       by t≈3.3 (queue TTL/3) or when woken
+    t=0.100  B: acquire_slot(L2) → free=0            → B queued at position 1; its entry expires
+                                                       at t=10.1 unless B re-checks, which it
+                                                       does by t≈3.4 (queue TTL/3) → t=13.4
     t=0.150  C: acquire_slot  → free=0               → C queued at position 2
-    t=5.000  A: release_slot(L1) → free=1; publishes "B" (the head) on the wake channel
-    t=5.001  B's process gets the message, sets B's event; B: acquire_slot → rank 0 < free 1 → holds
+    t=5.000  A: release_slot(L1) → free=1 → granted to the head: B leaves the queue and holds L2
+             until t=13.4 (its entry's expiry, sooner than t+30); publishes
+             "grant 5000 1 <epoch> L2:13400" on the wake channel + ":<B's process token>"
+    t=5.001  B's process reads it and B returns its lease (expires_at t=13.4, epoch, limit 1);
+             its Renewer renews L2 to a full TTL (30 s from then) within TTL/10 (3 s), in one
+             call with every other lease granted to this process meanwhile
     t=5.002  D arrives: queue [C] not shorter than free=0 → queued behind C (no barging)
-    If A's replica had died instead, nobody publishes: L1 expires at t=30, and B's poll, which
-    never sleeps past the nearest lease expiry, takes the slot at t≈30.
+
+    If B's process had died at t=4, nobody renews L2: it lapses at t=13.4, exactly when B's
+    queue entry would have, and C's poll, which never sleeps past the nearest lease expiry,
+    takes the slot then. If the message to B is lost, B's next poll (at t≈6.8) finds the slot
+    "already held" by L2 and extends it to a full TTL. If A's replica had died instead,
+    nobody releases: L1 expires at t=30, and B's poll purges it and takes the slot at t≈30.
 
 Every acquire has a random lease id chosen before the first call, so a cancelled or failed
 acquire can always clean up after itself (release_slot removes the id from holders and queue,
-whichever it is in) without knowing whether its last call reached Redis.
+whichever it is in; a slot granted to it meanwhile goes on to the next head) without knowing
+whether its last call reached Redis.
 """
 
 from __future__ import annotations
@@ -23,7 +35,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -81,6 +92,10 @@ class Semaphores:
         self.refresh_epoch: Callable[[], Awaitable[None]] | None = None
         self.on_acquired: list[LeaseListener] = []
         self.on_released: list[LeaseListener] = []
+        # Set by the Renewer: bring a lease granted by a release (which lapses with its queue
+        # entry) to a full TTL, in the background with others, or now (detached leases).
+        self.renew_soon: Callable[[Lease], None] | None = None
+        self.renew_now: Callable[[Lease], Awaitable[None]] | None = None
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -116,21 +131,52 @@ class Semaphores:
         self, semaphore_id: str, options: AcquireOptions, holder: Holder | None = None
     ) -> Lease:
         keys = self._keyspace.semaphore(semaphore_id, options.kind)
-        holder = holder or Holder(replica=self._replica_id)
-        lease_id = secrets.token_hex(12)
+        stamped: Holder = holder or Holder(replica=self._replica_id)
+        lease_id = self._dispatcher.new_waiter_id()
         wake = self._dispatcher.register(lease_id)
         started = time.monotonic()
         deadline = started + options.timeout_s
         waiter_json = json.dumps({"replica": self._replica_id, "since": time.time()})
         queue = "1" if options.timeout_s > 0 else "0"
         acquired = False
+
+        def lease_of(expires_at_ms: int, epoch: str, limit: int, valid_s: float | None) -> Lease:
+            return Lease(
+                owner=self,
+                semaphore_id=semaphore_id,
+                kind=options.kind,
+                lease_id=lease_id,
+                expires_at_ms=expires_at_ms,
+                epoch=epoch,
+                limit=limit,
+                ttl_s=self.lease_ttl_s,
+                holder=stamped,
+                keys_ttl_ms=options.keys_ttl_ms,
+                valid_s=valid_s,
+            )
+
         try:
             grace_ms = await self._grace_and_remember(options.kind, semaphore_id)
             while True:
+                grant = self._dispatcher.take_grant(lease_id)
+                if grant is not None:
+                    # On Python 3.11 wait_for can return the wake-up and drop a cancellation
+                    # that came with it; no Redis call follows (guarded() would catch it), so
+                    # check here: a cancelled acquire must never hand back a lease.
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError
+                    # A release gave us the slot; Redis stamped the holder with the grant time.
+                    stamped = dataclasses.replace(stamped, acquired_at=grant.granted_at_ms / 1000)
+                    lease = lease_of(grant.expires_at_ms, grant.epoch, grant.limit, grant.valid_s)
+                    if await self._complete_grant(lease):
+                        acquired = True
+                        return self._admitted(lease, started)
+                    continue  # lost before it could be renewed: ask again
                 wake.clear()
                 # Each lease gets its own copy, stamped with the moment of this attempt (the one
-                # that admits it is the one Redis keeps).
-                holder = dataclasses.replace(holder, acquired_at=time.time())
+                # that admits it is the one Redis keeps; a grant re-stamps it).
+                stamped = dataclasses.replace(stamped, acquired_at=time.time())
                 reply = await guarded(
                     self._scripts.call(
                         "acquire_slot",
@@ -138,7 +184,7 @@ class Semaphores:
                         [
                             lease_id,
                             self.lease_ttl_ms,
-                            holder.to_json(),
+                            stamped.to_json(),
                             queue,
                             self._queue_entry_ttl_ms,
                             options.create_limit,
@@ -153,23 +199,12 @@ class Semaphores:
                 if status == -1:
                     raise SemaphoreNotFound(semaphore_id)
                 if status == 1:
-                    lease = Lease(
-                        owner=self,
-                        semaphore_id=semaphore_id,
-                        kind=options.kind,
-                        lease_id=lease_id,
-                        expires_at_ms=int(reply[1]),
-                        epoch=_text(reply[2]),
-                        limit=int(reply[4]),
-                        ttl_s=self.lease_ttl_s,
-                        holder=holder,
-                        keys_ttl_ms=options.keys_ttl_ms,
-                    )
-                    self.held[lease_id] = lease
+                    # Admitted, or granted earlier (then extended to a full TTL by this call):
+                    # a grant message still on its way is stale.
+                    self._dispatcher.take_grant(lease_id)
+                    lease = lease_of(int(reply[1]), _text(reply[2]), int(reply[4]), None)
                     acquired = True
-                    for listener in self.on_acquired:
-                        listener(lease, time.monotonic() - started)
-                    return lease
+                    return self._admitted(lease, started)
                 position, hint_ms, limit = int(reply[1]), int(reply[2]), int(reply[4])
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -185,11 +220,33 @@ class Semaphores:
                     await asyncio.wait_for(wake.wait(), min(hint_ms / 1000, remaining))
         except BaseException as exc:
             if not acquired:
+                # Also frees a slot granted to this id that it never took (or took too late).
                 counter = "timed_out" if isinstance(exc, AcquireTimeout) else ""
                 await shielded(self._release_id(keys, lease_id, counter))
             raise
         finally:
             self._dispatcher.unregister(lease_id)
+
+    def _admitted(self, lease: Lease, started: float) -> Lease:
+        self.held[lease.lease_id] = lease
+        for listener in self.on_acquired:
+            listener(lease, time.monotonic() - started)
+        return lease
+
+    async def _complete_grant(self, lease: Lease) -> bool:
+        """A grant lapses with the waiter's queue entry when that comes before one TTL: renew
+        it to a full TTL. In the background for this process's own leases; before handing it
+        over for a detached one (its client renews on its own, by the TTL it is told). False
+        if the lease turned out lost meanwhile."""
+        if lease.valid_s >= lease.ttl_s:
+            return True
+        if not lease.holder.detached:
+            if self.renew_soon is not None:
+                self.renew_soon(lease)
+            return True
+        if self.renew_now is not None:
+            await self.renew_now(lease)
+        return not lease.lost.is_set()
 
     async def release(self, lease: Lease) -> bool:
         self.held.pop(lease.lease_id, None)

@@ -1,9 +1,21 @@
-"""One pub/sub connection per process that wakes exactly the waiters a release entitles.
+"""One pub/sub connection per process that delivers grants to its waiters and wakes them.
 
-Release scripts publish the ids of the queue heads that may now take a slot; this dispatcher sets
-the local event of each id it knows. Pub/sub can lose messages (a dropped connection, a restart),
-so no waiter relies on it: every wait is also bounded by a poll (see Semaphores.acquire). After a
-reconnect every local waiter is woken once to re-check, since messages may have been missed.
+Grant on release: when a slot frees, the releasing script gives it straight to the queue head
+(see grant_heads in redis_scripts/lib/common.lua) and announces the grant to the head's process
+only. A lease id is "<random>-<token>", the token naming this dispatcher's process, and grants
+for it go to "<semaphore wake channel>:<token>". So every process subscribes to two patterns:
+
+    rcg:{*}:wake:<token>   grants to this process's waiters:
+                           "grant <now ms> <limit> <epoch> <id>:<expiry ms> ..."
+    rcg:{*}:wake           plain wake-ups, "<id> <id> ...", published when a semaphore is deleted
+                           (each waiter re-checks and learns it is gone), and grants to ids
+                           without a token
+
+A grant sets the waiter's event and leaves its details for Semaphores.acquire (`take_grant`).
+Pub/sub can lose messages (a dropped connection, a restart), so no waiter relies on it: every
+wait is also bounded by a poll, and a waiter that polls after a grant it never heard of is told
+it holds the slot (acquire_slot's "already held"). After a reconnect every local waiter is woken
+once to re-check, since messages may have been missed.
 """
 
 from __future__ import annotations
@@ -11,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -19,18 +33,45 @@ from .tasks import stop_task
 log = logging.getLogger("service.coordination.wake")
 
 
+@dataclass(frozen=True)
+class Grant:
+    """A slot a release gave to a waiter, as announced (Redis server times, ms)."""
+
+    granted_at_ms: int
+    expires_at_ms: int
+    epoch: str
+    limit: int
+
+    @property
+    def valid_s(self) -> float:
+        """How long the grant lasts from the moment it was made."""
+        return (self.expires_at_ms - self.granted_at_ms) / 1000
+
+
 class WakeDispatcher:
     def __init__(self, client: aioredis.Redis, pattern: str) -> None:
         self._client = client
         self._pattern = pattern
+        self.token = secrets.token_hex(4)
         self._events: dict[str, asyncio.Event] = {}
+        self._grants: dict[str, Grant] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.reconnects = 0
+        self.messages = 0
+        self.grants_received = 0
 
     @property
     def connected(self) -> bool:
         return self._subscribed.is_set()
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self._pattern, f"{self._pattern}:{self.token}"]
+
+    def new_waiter_id(self) -> str:
+        """A lease id whose grants are announced to this process only."""
+        return f"{secrets.token_hex(12)}-{self.token}"
 
     def register(self, waiter_id: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -39,6 +80,10 @@ class WakeDispatcher:
 
     def unregister(self, waiter_id: str) -> None:
         self._events.pop(waiter_id, None)
+        self._grants.pop(waiter_id, None)
+
+    def take_grant(self, waiter_id: str) -> Grant | None:
+        return self._grants.pop(waiter_id, None)
 
     async def start(self, wait_s: float = 2.0) -> None:
         if self._task is None:
@@ -56,12 +101,37 @@ class WakeDispatcher:
         for event in list(self._events.values()):
             event.set()
 
+    def handle(self, data: str) -> None:
+        """One message from either pattern."""
+        self.messages += 1
+        words = data.split()
+        if words[:1] != ["grant"]:
+            for waiter_id in words:
+                event = self._events.get(waiter_id)
+                if event is not None:
+                    event.set()
+            return
+        try:
+            granted_at_ms, limit, epoch = int(words[1]), int(words[2]), words[3]
+        except (IndexError, ValueError):
+            log.warning("malformed grant message", extra={"grant": data[:200]})
+            return
+        for item in words[4:]:
+            waiter_id, _, expiry = item.rpartition(":")
+            if waiter_id in self._events and expiry.isdigit():
+                self._grant(waiter_id, Grant(granted_at_ms, int(expiry), epoch, limit))
+
+    def _grant(self, waiter_id: str, grant: Grant) -> None:
+        self.grants_received += 1
+        self._grants[waiter_id] = grant
+        self._events[waiter_id].set()
+
     async def _run(self) -> None:
         backoff_s = 0.05
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(self._pattern)
+                await pubsub.psubscribe(*self.patterns)
                 self._subscribed.set()
                 if self.reconnects:
                     self.wake_all()
@@ -76,10 +146,7 @@ class WakeDispatcher:
                     if isinstance(data, bytes):
                         data = data.decode()
                     if isinstance(data, str):
-                        for waiter_id in data.split():
-                            event = self._events.get(waiter_id)
-                            if event is not None:
-                                event.set()
+                        self.handle(data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

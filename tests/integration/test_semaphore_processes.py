@@ -192,3 +192,76 @@ async def test_script_flush_is_survived(redis_url: str, redis_client: aioredis.R
     lease = await c.acquire("flush", timeout_s=1)
     assert await lease.release()
     await c.close()
+
+
+async def redis_ms(client: aioredis.Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def until_queued(client: aioredis.Redis, queue_key: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while await client.zcard(queue_key) < count:
+        assert time.monotonic() < deadline, f"never saw {count} waiter(s)"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_grant_to_a_killed_waiter_lapses_at_its_queue_entry_expiry(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    # Lease TTL 30 s: a grant for a full TTL would idle that long. This process's waiter polls
+    # every 0.5 s (nobody tells it when the dead waiter's grant lapses, as nobody told it
+    # before grants when a dead head's queue entry expired).
+    c = await coordinator(redis_url, queue_entry_ttl_s=1.5)
+    await c.registry.create("dead-waiter", 1)
+    keys = c.keyspace.semaphore("dead-waiter")
+    first = await c.acquire("dead-waiter", timeout_s=1)
+    doomed = worker(
+        redis_url, "queue", "--semaphore", "dead-waiter", "--tag", "doomed", "--queue-ttl", "1.0"
+    )
+    try:
+        doomed.wait_for("READY")
+        await until_queued(redis_client, keys.queue, 1)
+        [doomed_id] = [m.decode() for m in await redis_client.zrange(keys.queue, 0, -1)]
+        behind = asyncio.create_task(c.acquire("dead-waiter", timeout_s=10))
+        await until_queued(redis_client, keys.queue, 2)
+        doomed.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await first.release()  # granted to the head, whose process is gone
+        expiry = await redis_client.zscore(keys.holders, doomed_id)
+        assert expiry is not None
+        # Until its queue entry's expiry (its last poll + 1 s), not for a lease TTL.
+        assert expiry - await redis_ms(redis_client) <= 1000
+        lease = await asyncio.wait_for(behind, 5)
+        waited = time.monotonic() - killed_at
+        assert waited <= 1.0 + 0.5 + 1.0  # entry TTL, poll interval, slack on a busy machine
+        holders = [m.decode() for m in await redis_client.zrange(keys.holders, 0, -1)]
+        assert holders == [lease.lease_id]
+        await lease.release()
+    finally:
+        doomed.stop()
+    await c.close()
+
+
+async def test_a_release_tells_only_the_grantees_process(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    holder, waiting, bystander = [
+        await Coordinator.connect(redis_url, replica_id=name) for name in ("h", "w", "b")
+    ]
+    await holder.registry.create("targeted", 1)
+    keys = holder.keyspace.semaphore("targeted")
+    lease = await holder.acquire("targeted", timeout_s=1)
+    waiter = asyncio.create_task(waiting.acquire("targeted", timeout_s=5))
+    await until_queued(redis_client, keys.queue, 1)
+    assert waiting.dispatcher.token not in (holder.dispatcher.token, bystander.dispatcher.token)
+    before = bystander.dispatcher.messages
+    await lease.release()
+    granted = await asyncio.wait_for(waiter, 5)
+    assert granted.lease_id.endswith("-" + waiting.dispatcher.token)
+    assert waiting.dispatcher.grants_received == 1
+    await asyncio.sleep(0.1)
+    assert bystander.dispatcher.messages == before
+    await granted.release()
+    for c in (holder, waiting, bystander):
+        await c.close()

@@ -12,6 +12,8 @@ from fakeredis.commands_mixins import server_mixin
 from service.coordination.keys import KeySpace, SemaphoreKeys
 from service.coordination.scripts import Scripts, script_source
 
+HOLDER = {"replica": "r", "purpose": "", "prediction_id": None, "acquired_at": 1.5}
+
 
 class FakeClock:
     def __init__(self, start: float = 1_800_000_000.0) -> None:
@@ -35,7 +37,8 @@ class Harness:
         }
         self.keys: SemaphoreKeys = KeySpace("t").semaphore("s")
         self.pubsub = self.client.pubsub()
-        self.pubsub.subscribe(self.keys.channel)
+        # The wake channel itself and every process's grant channel ("<channel>:<token>").
+        self.pubsub.psubscribe(self.keys.channel + "*")
         self.pubsub.get_message(timeout=0.1)
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -55,6 +58,7 @@ class Harness:
         create_limit: int = 0,
         grace_ms: int = 0,
         queue_ttl_ms: int = 3000,
+        holder: dict[str, Any] | None = None,
     ) -> list[Any]:
         return list(
             self.run(
@@ -63,14 +67,14 @@ class Harness:
                 [
                     lease_id,
                     ttl_ms,
-                    json.dumps({"replica": "r"}),
+                    json.dumps(holder or HOLDER, separators=(",", ":")),
                     "1" if queue else "0",
                     queue_ttl_ms,
                     create_limit,
                     grace_ms,
                     0,
                     self.keys.channel,
-                    "{}",
+                    json.dumps({"replica": "r", "since": 1.5}),
                 ],
             )
         )
@@ -102,13 +106,28 @@ class Harness:
         return int(self.client.zcount(self.keys.holders, f"({now_ms}", "+inf"))
 
     def published(self) -> list[str]:
-        out: list[str] = []
+        return [data for _, data in self.published_on()]
+
+    def published_on(self) -> list[tuple[str, str]]:
+        """(channel, message) of everything published since the last call."""
+        out: list[tuple[str, str]] = []
         while True:
             message = self.pubsub.get_message(timeout=0.01)
             if message is None:
                 return out
-            if message["type"] == "message":
-                out.append(message["data"].decode())
+            if message["type"] in ("message", "pmessage"):
+                out.append((message["channel"].decode(), message["data"].decode()))
+
+    def holder_expiry(self, lease_id: str) -> int | None:
+        score = self.client.zscore(self.keys.holders, lease_id)
+        return None if score is None else int(score)
+
+    def queued(self) -> list[str]:
+        return [m.decode() for m in self.client.zrange(self.keys.queue, 0, -1)]
+
+    def now_ms(self) -> int:
+        """The scripts' `now` (fakeredis TIME: rounded to the microsecond, then ms floored)."""
+        return round(self.clock.now * 1_000_000) // 1000
 
 
 @pytest.fixture

@@ -43,7 +43,10 @@ def test_live_holders_never_exceed_the_limit(limit: int, ops: list[tuple[str, in
     for op, who, amount in ops:
         lease = f"l{who}"
         if op in ("acquire", "try"):
-            already_held = lease in epochs and harness.client.zscore(harness.keys.holders, lease)
+            # Live already: admitted earlier, maybe granted by a release (and the limit lowered
+            # since), which this call only confirms.
+            score = harness.client.zscore(harness.keys.holders, lease)
+            already_held = score is not None and score > harness.now_ms()
             reply = harness.acquire(lease, ttl_ms=1000, queue=op == "acquire")
             if reply[0] == 1:
                 epochs[lease] = reply[2].decode()
@@ -80,6 +83,38 @@ def test_admission_never_exceeds_limit_after_the_limit_settles(
         elif op == "advance":
             clock.advance(amount / 1000)
         assert harness.live_holders() <= limit
+
+
+@settings(max_examples=60, deadline=None)
+@given(limit=st.integers(min_value=1, max_value=4), ops=operations)
+def test_no_slot_stays_free_while_a_live_waiter_queues(
+    limit: int, ops: list[tuple[str, int, int]]
+) -> None:
+    """Grant on release (and on any acquire or limit change): once a script has run, a free
+    slot and a live waiter never coexist, and every grant is a live holder within the limit."""
+    harness, clock = _fresh_harness()
+    harness.create(limit)
+    for op, who, amount in ops:
+        lease = f"l{who}-t{who % 3}"
+        if op in ("acquire", "try"):
+            harness.acquire(lease, ttl_ms=1000, queue=op == "acquire", queue_ttl_ms=900)
+        elif op == "release":
+            harness.release(lease)
+        elif op == "renew":
+            harness.renew([(lease, "")], ttl_ms=1000)
+        elif op == "advance":
+            clock.advance(amount / 1000)
+        elif op == "set_limit":
+            harness.run("set_limit", harness.keys.all, [1 + amount % 4, harness.keys.channel])
+        if op in ("acquire", "try", "set_limit"):
+            now = harness.now_ms()
+            current = int(harness.client.hget(harness.keys.meta, "limit"))
+            live = harness.live_holders()
+            waiting = harness.client.zcount(harness.keys.qexp, f"({now}", "+inf")
+            assert live >= current or waiting == 0
+        for member, score in harness.client.zrange(harness.keys.queue, 0, -1, withscores=True):
+            # Nobody is both queued and holding.
+            assert harness.client.zscore(harness.keys.holders, member) is None, score
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.unit.script_harness import FakeClock, Harness
+import json
+
+from tests.unit.script_harness import HOLDER, FakeClock, Harness
 
 
 def test_acquires_up_to_the_limit_then_queues_in_order(harness: Harness) -> None:
@@ -35,20 +37,188 @@ def test_configured_limit_follows_the_acquirer(harness: Harness) -> None:
     assert harness.acquire("b", create_limit=5)[4] == 5
 
 
-def test_release_wakes_the_head_and_new_arrivals_do_not_barge(harness: Harness) -> None:
+def grant_message(harness: Harness, *granted: tuple[str, int]) -> str:
+    """What grant_heads publishes for `granted` (id, expiry ms) at the harness's current time."""
+    epoch = harness.client.hget(harness.keys.meta, "epoch").decode()
+    limit = harness.client.hget(harness.keys.meta, "limit").decode()
+    items = " ".join(f"{lease_id}:{expiry}" for lease_id, expiry in granted)
+    return f"grant {harness.now_ms()} {limit} {epoch} {items}"
+
+
+def test_release_grants_the_head_and_new_arrivals_do_not_barge(harness: Harness) -> None:
+    harness.create(1)
+    harness.acquire("a")
+    harness.acquire("b", ttl_ms=1000, queue_ttl_ms=3000)
+    harness.acquire("c")
+    harness.published()
+    assert harness.release("a") == 1
+    # The slot went straight to the head: b holds it (a lease of its TTL), is out of the queue,
+    # and the message names it.
+    expiry = harness.holder_expiry("b")
+    assert expiry == harness.now_ms() + 1000
+    assert harness.queued() == ["c"]
+    assert harness.published() == [grant_message(harness, ("b", expiry))]
+    assert harness.live_holders() == 1
+    # A newcomer finds a queue as long as the free slots: it queues behind c.
+    assert harness.acquire("z")[0] == 0
+    # c is not the head of anything free: it cannot take a slot.
+    assert harness.acquire("c")[0] == 0
+    # b asking again (its message was lost) is told it holds the slot.
+    assert harness.acquire("b")[0] == 1
+    assert harness.acquire("c")[0] == 0
+    assert harness.client.hget(harness.keys.stats, "acquired") == b"2"
+
+
+def test_a_grant_is_announced_to_the_grantees_process_only(harness: Harness) -> None:
+    harness.create(3)
+    for holder in ("h1", "h2", "h3"):
+        harness.acquire(holder)
+    harness.acquire("x-tok1")
+    harness.acquire("y-tok2")
+    harness.acquire("z-tok1")
+    harness.acquire("plain")
+    harness.published()
+    harness.release("h1")
+    harness.release("h2")
+    harness.release("h3")
+    published = harness.published_on()
+    channel = harness.keys.channel
+    assert [c for c, _ in published] == [
+        f"{channel}:tok1",
+        f"{channel}:tok2",
+        f"{channel}:tok1",
+    ]
+    assert [m.split()[-1].split(":")[0] for _, m in published] == ["x-tok1", "y-tok2", "z-tok1"]
+    # One message per process when one script grants several slots.
+    harness.run("set_limit", harness.keys.all, [4, channel])
+    assert harness.published_on() == [
+        (channel, grant_message(harness, ("plain", harness.holder_expiry("plain") or 0)))
+    ]
+
+
+def test_one_grant_message_per_process_names_all_its_grantees(harness: Harness) -> None:
+    harness.create(1)
+    harness.acquire("a")
+    harness.acquire("x-tok1")
+    harness.acquire("y-tok2")
+    harness.acquire("z-tok1")
+    harness.published()
+    harness.run("set_limit", harness.keys.all, [4, harness.keys.channel])
+    channel = harness.keys.channel
+    x, y, z = (harness.holder_expiry(i) or 0 for i in ("x-tok1", "y-tok2", "z-tok1"))
+    assert harness.published_on() == [
+        (f"{channel}:tok1", grant_message(harness, ("x-tok1", x), ("z-tok1", z))),
+        (f"{channel}:tok2", grant_message(harness, ("y-tok2", y))),
+    ]
+
+
+def test_a_grant_carries_the_waiters_holder_json_stamped_with_the_grant_time(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=60_000)
+    holder = {"replica": "r2", "purpose": "remote {x}", "prediction_id": None, "acquired_at": 1.0}
+    harness.acquire("b", holder={**holder, "remote": True})
+    clock.advance(2)
+    harness.release("a")
+    info = json.loads(harness.client.hget(harness.keys.info, "b"))
+    assert info == {**holder, "remote": True, "acquired_at": harness.now_ms() / 1000}
+    assert harness.client.hget(harness.keys.qinfo, "b") is None
+
+
+def test_a_grant_to_a_dead_waiter_lapses_at_its_queue_entry_expiry(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=60_000)
+    harness.acquire("dead", ttl_ms=60_000, queue_ttl_ms=3000)  # its last poll: entry until +3 s
+    entry_expiry = int(harness.client.zscore(harness.keys.qexp, "dead"))
+    harness.acquire("next", ttl_ms=60_000, queue_ttl_ms=60_000)
+    clock.advance(1)
+    harness.release("a")
+    # Granted, but only until its queue entry would have expired, not for a whole lease TTL.
+    assert harness.holder_expiry("dead") == entry_expiry
+    assert harness.live_holders() == 1
+    clock.advance(1.9)
+    waiting = harness.acquire("next", ttl_ms=60_000, queue_ttl_ms=60_000)
+    assert waiting[0] == 0
+    assert waiting[2] <= entry_expiry - harness.now_ms() + 1  # polls no later than the lapse
+    clock.advance(0.2)
+    assert harness.live_holders() == 0
+    assert harness.acquire("next", ttl_ms=60_000)[0] == 1  # the lapsed grant is purged
+
+
+def test_heads_whose_queue_entry_expired_are_skipped_not_granted(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=60_000)
+    harness.acquire("gone", queue_ttl_ms=1000)
+    harness.acquire("alive", queue_ttl_ms=60_000)
+    clock.advance(2)
+    harness.published()
+    harness.release("a")
+    assert harness.holder_expiry("gone") is None
+    assert harness.holder_expiry("alive") is not None
+    assert harness.queued() == []
+
+
+def test_a_granted_waiter_that_polls_gets_a_full_ttl_and_its_latest_holder_json(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=60_000)
+    harness.acquire("b", ttl_ms=60_000, queue_ttl_ms=3000)
+    harness.release("a")
+    assert harness.holder_expiry("b") == harness.now_ms() + 3000
+    clock.advance(1)
+    reply = harness.acquire("b", ttl_ms=60_000, holder={**HOLDER, "purpose": "second"})
+    assert reply[0] == 1 and reply[1] == harness.now_ms() + 60_000
+    assert harness.holder_expiry("b") == reply[1]
+    assert json.loads(harness.client.hget(harness.keys.info, "b"))["purpose"] == "second"
+
+
+def test_releasing_a_grant_never_taken_passes_the_slot_on(harness: Harness) -> None:
     harness.create(1)
     harness.acquire("a")
     harness.acquire("b")
     harness.acquire("c")
+    harness.release("a")  # granted to b, whose waiter gave up before it learned of it
     harness.published()
-    assert harness.release("a") == 1
-    assert harness.published() == ["b"]
-    # A newcomer finds a queue as long as the free slots: it queues behind c.
-    assert harness.acquire("z")[0] == 0
-    # c is not the head: it cannot take the slot b is entitled to.
-    assert harness.acquire("c")[0] == 0
-    assert harness.acquire("b")[0] == 1
-    assert harness.acquire("c")[0] == 0
+    assert harness.release("b") == 1
+    assert harness.holder_expiry("c") is not None
+    assert harness.live_holders() == 1
+    assert [m.split()[-1].split(":")[0] for m in harness.published()] == ["c"]
+
+
+def test_the_grace_period_blocks_grants(harness: Harness, clock: FakeClock) -> None:
+    harness.acquire("a", create_limit=1, grace_ms=1000)  # re-created after a suspected loss
+    harness.acquire("b", create_limit=1)
+    harness.acquire("c", create_limit=1)
+    harness.published()
+    harness.release("b")  # a queue entry leaves: still in grace, nothing is granted
+    assert harness.live_holders() == 0 and harness.published() == []
+    clock.advance(1.1)
+    # The grace is over: the next call grants the head, a.
+    assert harness.acquire("c", create_limit=1)[:2] == [0, 1]
+    assert harness.holder_expiry("a") is not None and harness.queued() == ["c"]
+
+
+def test_an_acquire_that_finds_slots_free_grants_the_heads_first(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.acquire("a", create_limit=1, ttl_ms=1000)
+    harness.acquire("b-tok", create_limit=1, queue_ttl_ms=60_000)
+    harness.published()
+    clock.advance(1.5)  # a expired: nobody was told
+    # A newcomer's call purges a and grants the slot to b before looking at its own chances.
+    assert harness.acquire("new", create_limit=1)[0] == 0
+    assert harness.holder_expiry("b-tok") is not None
+    assert [c for c, _ in harness.published_on()] == [f"{harness.keys.channel}:tok"]
+    # A raised account limit (the acquirer's configuration) grants the head, then admits.
+    assert harness.acquire("newer", create_limit=3)[0] == 1
+    assert harness.holder_expiry("new") is not None
+    assert harness.live_holders() == 3 and harness.queued() == []
 
 
 def test_release_is_idempotent_and_id_scoped(harness: Harness) -> None:
@@ -135,14 +305,30 @@ def test_renew_recreates_a_lost_semaphore_with_grace(harness: Harness) -> None:
     assert harness.acquire("b")[0] == 0  # in grace
 
 
-def test_set_limit_wakes_the_waiters_it_admits(harness: Harness) -> None:
+def test_set_limit_grants_the_slots_it_adds(harness: Harness) -> None:
     harness.create(1)
     harness.acquire("a")
     harness.acquire("b")
     harness.acquire("c")
+    harness.acquire("d")
     harness.published()
     assert int(harness.run("set_limit", harness.keys.all, [3, harness.keys.channel])) == 1
-    assert harness.published() == ["b c"]
+    b, c = harness.holder_expiry("b"), harness.holder_expiry("c")
+    assert b is not None and c is not None
+    assert harness.queued() == ["d"]
+    assert harness.published() == [grant_message(harness, ("b", b), ("c", c))]
+    assert harness.live_holders() == 3
+
+
+def test_ensure_with_a_raised_limit_grants_too(harness: Harness) -> None:
+    harness.create(1)
+    harness.acquire("a")
+    harness.acquire("b")
+    harness.published()
+    reply = harness.run("create_semaphore", harness.keys.all, [2, "ensure", harness.keys.channel])
+    assert int(reply) == 2
+    assert harness.holder_expiry("b") is not None
+    assert len(harness.published()) == 1
 
 
 def test_delete_wakes_waiters_who_then_find_nothing(harness: Harness) -> None:
@@ -185,3 +371,20 @@ def test_window_wait_accounts_for_a_lowered_limit(harness: Harness, clock: FakeC
     admitted, _, wait_ms = harness.take(2, "x")
     assert admitted == 0
     assert 58_000 <= wait_ms <= 58_001
+
+
+def test_a_waiter_queued_by_older_scripts_is_woken_not_granted(harness: Harness) -> None:
+    """Rolling upgrade: a waiter queued by the previous scripts (a plain waiter JSON, no lease
+    TTL nor holder) expects a wake-up and takes the slot with its own acquire_slot call."""
+    harness.create(1)
+    harness.acquire("a")
+    harness.client.zadd(harness.keys.queue, {"old": 0})
+    harness.client.zadd(harness.keys.qexp, {"old": harness.now_ms() + 10_000})
+    harness.client.hset(harness.keys.qinfo, "old", '{"replica": "r", "since": 1.0}')
+    harness.acquire("new-tok")
+    harness.published()
+    assert harness.release("a") == 1
+    assert harness.published_on() == [(harness.keys.channel, "old")]
+    assert harness.live_holders() == 0
+    assert harness.acquire("new-tok")[:2] == [0, 2]  # the slot stays free for the head
+    assert harness.acquire("old")[0] == 1

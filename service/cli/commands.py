@@ -191,9 +191,9 @@ async def release(ctx: Context, args: argparse.Namespace) -> int:
     elif was_live:
         who = f" (replica {holder.replica}, {holder.purpose or 'no purpose'})" if holder else ""
         ctx.emit(
-            f"released live lease {args.lease_id} of {args.id}{who}; the next waiters were "
-            "woken. Its replica learns the lease is lost at its next renewal (within a third "
-            "of the lease TTL) and stops using the slot."
+            f"released live lease {args.lease_id} of {args.id}{who}; the slot was granted to "
+            "the next waiter, if any. Its replica learns the lease is lost at its next renewal "
+            "(within a third of the lease TTL) and stops using the slot."
         )
     else:
         ctx.emit(

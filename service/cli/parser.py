@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("id", metavar="ID")
     delete.add_argument("--yes", action="store_true", help="really delete")
 
-    release = command("release", "force-release a stuck lease (its waiters are woken)")
+    release = command("release", "force-release a stuck lease (its slot goes to the next waiter)")
     release.add_argument("id", metavar="ID")
     release.add_argument("lease_id", metavar="LEASE_ID")
     release.add_argument(

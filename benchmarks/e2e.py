@@ -101,7 +101,7 @@ async def run_batch(cluster: Cluster, replicas: int, tasks: int) -> float:
 
 
 async def makespan(replicas: int, tasks: int = 200) -> dict[str, float]:
-    env = {**FAST_ENV, "REPLICATE_CONCURRENT_LIMIT": "20"}
+    env = {**FAST_ENV, "REPLICATE_CONCURRENT_LIMIT": "20", "MAX_BATCH_TASKS": "200"}
     with running_cluster(replicas=replicas, env=env, latency=0.5, **SIM_UNLIMITED) as cluster:
         await run_batch(cluster, replicas, 20)  # warm-up: clients, scripts, connections
         cluster.sim("POST", "/_sim/reset")

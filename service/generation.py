@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,7 +97,8 @@ class Generator:
         self._upstream = upstream
         self._settings = settings
         self.on_outcome: list[GenerationListener] = []
-        self._orphans: set[asyncio.Task[None]] = set()
+        # Orphan holds (see _hold_orphan) and lease annotations; cancelled at close.
+        self._background: set[asyncio.Task[None]] = set()
 
     async def generate(self, caller: Caller, request: GenerateRequest) -> TaskOutcome:
         """One task; a failure raises (the route answers with its status)."""
@@ -193,8 +194,7 @@ class Generator:
                 raise
         finally:
             if not keep_leases:
-                for lease in leases:
-                    await shielded(lease.release())
+                await _release_all(leases)
 
     async def _run_watched(
         self,
@@ -234,9 +234,8 @@ class Generator:
                 )
 
         async def on_created(prediction_id: str) -> None:
-            for lease in leases:
-                with contextlib.suppress(CoordinationUnavailable):
-                    await lease.set_prediction_id(prediction_id)
+            # For operators' eyes only: kept off the request's critical path.
+            self._in_background(_annotate(leases, prediction_id))
 
         run = asyncio.ensure_future(
             self._upstream.run_prediction(
@@ -270,18 +269,35 @@ class Generator:
             try:
                 await asyncio.sleep(hold_s)
             finally:
-                for lease in leases:
-                    await shielded(lease.release())
+                await _release_all(leases)
 
         task = asyncio.create_task(hold())
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        for task in list(self._orphans):
+        for task in list(self._background):
             task.cancel()
-        if self._orphans:
-            await asyncio.gather(*self._orphans, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+async def _annotate(leases: list[Lease], prediction_id: str) -> None:
+    for lease in leases:
+        with contextlib.suppress(CoordinationUnavailable):
+            await lease.set_prediction_id(prediction_id)
+
+
+async def _release_all(leases: list[Lease]) -> None:
+    """Release every lease at once (one round trip of latency, not one per lease); shielded:
+    a caller cancelled meanwhile does not leave a slot behind."""
+    if leases:
+        await shielded(asyncio.gather(*(lease.release() for lease in leases)))
 
 
 async def _await_shielding_cancel(run: asyncio.Future[PredictionResult]) -> PredictionResult:

@@ -140,6 +140,7 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SOAK_SECONDS + 180)
 async def test_soak_with_random_replica_kills_loses_nothing_and_leaks_nothing() -> None:
     rng = random.Random(11)
     with running_cluster(env={"LEASE_TTL_SECONDS": "2"}, latency=0.2, jitter=0.5) as cluster:

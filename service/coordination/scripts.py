@@ -3,6 +3,7 @@ transparent reload after NOSCRIPT, e.g. after a Redis restart or SCRIPT FLUSH)."
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -11,7 +12,22 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "redis_scripts"
+INSTALLED_SCRIPTS = Path("share") / "replicate-concurrent-generation" / "redis_scripts"
+
+
+def find_scripts_dir() -> Path:
+    """`redis_scripts/` beside `service/` (a source tree, the Docker image, an editable install),
+    else where a wheel install put it (`<prefix>/share/...`, see pyproject's data-files)."""
+    beside = Path(__file__).resolve().parents[2] / "redis_scripts"
+    if beside.is_dir():
+        return beside
+    installed = Path(sys.prefix) / INSTALLED_SCRIPTS
+    if installed.is_dir():
+        return installed
+    raise RuntimeError(f"redis_scripts/ not found beside the package ({beside}) or at {installed}")
+
+
+SCRIPTS_DIR = find_scripts_dir()
 _USES_COMMON = "-- uses: common"
 
 

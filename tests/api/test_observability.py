@@ -13,9 +13,6 @@ import io
 import json
 import logging
 import re
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,6 +37,7 @@ from service.observability.middleware import ObservabilityMiddleware
 from service.upstream import Upstream
 from service.upstream.clients import InstrumentedTransport
 from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.threaded_server import serve_in_thread
 
 pytestmark = pytest.mark.redis
 
@@ -180,39 +177,10 @@ async def running(settings: Settings, *, extra_routes: bool = False) -> AsyncIte
 @contextlib.contextmanager
 def serve(settings: Settings) -> Iterator[str]:
     """The minimal app under a real uvicorn on a free port, in a thread with its own loop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = build_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            ws="none",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="observability-app", daemon=True
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout=5)
-        sock.close()
+    with serve_in_thread(
+        build_app(settings), name="observability-app", lifespan="on", graceful_shutdown_s=2
+    ) as url:
+        yield url
 
 
 def mark_store_known(redis_url: str) -> None:

@@ -174,7 +174,9 @@ async def test_window_cost_does_not_grow_with_the_limit(redis_url: str) -> None:
     slow = [
         entry for entry in await client.slowlog_get(128) if b"evalsha" in entry["command"].lower()
     ]
-    assert slow == []
+    # A cost that grew with the limit would make nearly every one of these 10,001 calls slow
+    # (the slowlog keeps 128); a few outliers are this shared machine's scheduling noise.
+    assert len(slow) <= 5, slow
     await client.config_set("slowlog-log-slower-than", 10000)
     await client.aclose()
     await c.close()

@@ -89,18 +89,21 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _start(settings: Settings, metrics: Metrics) -> Services:
+def coordinator_config(settings: Settings) -> CoordinatorConfig:
+    """The coordination library's configuration, from the service's settings."""
     assert settings.redis_url is not None
-    coordinator = Coordinator(
-        CoordinatorConfig(
-            redis_url=settings.redis_url,
-            prefix=settings.redis_key_prefix,
-            replica_id=settings.effective_replica_id,
-            lease_ttl_s=settings.lease_ttl_seconds,
-            redis_timeout_s=settings.redis_timeout_seconds,
-            declared=settings.declared_semaphores,
-        )
+    return CoordinatorConfig(
+        redis_url=settings.redis_url,
+        prefix=settings.redis_key_prefix,
+        replica_id=settings.effective_replica_id,
+        lease_ttl_s=settings.lease_ttl_seconds,
+        redis_timeout_s=settings.redis_timeout_seconds,
+        declared=settings.declared_semaphores,
     )
+
+
+async def _start(settings: Settings, metrics: Metrics) -> Services:
+    coordinator = Coordinator(coordinator_config(settings))
     await coordinator.start()  # never fails because Redis is down: starts degraded
     upstream = Upstream(
         settings.replicate_base_url,
@@ -211,4 +214,4 @@ class InternalErrors:
             await response(scope, receive, send)
 
 
-__all__ = ["create_app"]
+__all__ = ["coordinator_config", "create_app"]

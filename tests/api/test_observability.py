@@ -26,8 +26,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import Services, dashboard, leases, probes
+from service.app import coordinator_config
 from service.config import Settings
-from service.coordination import Coordinator, CoordinatorConfig, KeySpace
+from service.coordination import Coordinator, KeySpace
 from service.errors import ServiceError
 from service.generation import Generator
 from service.observability.logs import configure_logging, remove_logging, request_id_var
@@ -75,16 +76,7 @@ def build_app(settings: Settings, *, extra_routes: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        assert settings.redis_url is not None
-        coordinator = Coordinator(
-            CoordinatorConfig(
-                redis_url=settings.redis_url,
-                prefix=settings.redis_key_prefix,
-                replica_id=settings.effective_replica_id,
-                lease_ttl_s=settings.lease_ttl_seconds,
-                redis_timeout_s=settings.redis_timeout_seconds,
-            )
-        )
+        coordinator = Coordinator(coordinator_config(settings))
         await coordinator.start()
         upstream = Upstream(settings.replicate_base_url)
         generator = Generator(coordinator, upstream, settings)

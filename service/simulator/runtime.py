@@ -45,7 +45,8 @@ class SimulatorRuntime:
 
     async def wait_until_done(self, prediction: SimPrediction, deadline: float) -> None:
         """Hold until the prediction is terminal or the clock reaches `deadline`."""
-        for _ in range(5):  # the loop only absorbs timers that fire a little early
+        # A loop, because timers may fire a little early (uvloop's have 1 ms resolution).
+        while True:
             now = self.clock()
             if prediction.is_terminal(now) or now >= deadline:
                 return

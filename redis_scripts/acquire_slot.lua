@@ -13,10 +13,15 @@
 -- ARGV[8] TTL (ms) of the semaphore's keys; "0" keeps them (registered semaphores)
 -- ARGV[9] wake channel (grants go to "<channel>:<token>", see grant_heads)
 -- ARGV[10] waiter JSON object (replica, since)
+-- Optional, to take a rate-window entry together with the slot (an account's first create):
+-- KEYS[8] window log (same hash tag); ARGV[11] window limit, ARGV[12] window (ms),
+-- ARGV[13] request id (see take_from_window)
 -- Returns:
 --   {1, expiry_ms, epoch, in_use, limit}          acquired, or already held: granted to this
 --                                                 waiter by a release whose message it missed
---                                                 (the lease is then extended to a full TTL)
+--                                                 (the lease is then extended to a full TTL);
+--                                                 with KEYS[8], two more items: the window's
+--                                                 admitted (1/0) and wait_ms
 --   {0, position, retry_hint_ms, in_use, limit}   queued at 1-based position (0: not queued)
 --   {-1}                                          no such semaphore
 local lease_id = ARGV[1]
@@ -24,6 +29,13 @@ local ttl = tonumber(ARGV[2])
 local queue_ttl = tonumber(ARGV[5])
 local keys_ttl = tonumber(ARGV[8])
 local now = now_ms()
+
+-- The acquired reply, with a window entry taken when one was asked for.
+local function acquired(expiry, epoch, in_use, limit)
+  if not KEYS[8] then return {1, expiry, epoch, in_use, limit} end
+  local w = take_from_window(KEYS[8], tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], now)
+  return {1, expiry, epoch, in_use, limit, w[1], w[3]}
+end
 
 local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
 local create_limit = tonumber(ARGV[6])
@@ -55,7 +67,7 @@ if held and tonumber(held) > now then
   redis.call('HSET', KEYS[3], lease_id, ARGV[3])
   keep_for(KEYS[2], ttl * 3)
   keep_for(KEYS[3], ttl * 3)
-  return {1, expiry, epoch, in_use, limit}
+  return acquired(expiry, epoch, in_use, limit)
 end
 
 local rank = redis.call('ZRANK', KEYS[4], lease_id)
@@ -75,7 +87,7 @@ if eligible then
   keep_for(KEYS[2], ttl * 3)
   keep_for(KEYS[3], ttl * 3)
   if keys_ttl > 0 then keep_for(KEYS[7], keys_ttl) end
-  return {1, expiry, epoch, in_use + 1, limit}
+  return acquired(expiry, epoch, in_use + 1, limit)
 end
 
 -- Not now: hint how long to sleep at most (the nearest lease expiry sends no message).

@@ -9,8 +9,12 @@
 -- ARGV[2] wake channel
 -- ARGV[3] optional stats counter to increment when something was released or dequeued
 --         ("timed_out", "force_released")
--- Returns: 1 a live slot was released, 2 a queue entry was removed, 0 nothing to do
+-- ARGV[4] optional process token of the caller: grants to that process's own waiters are
+--         returned instead of published (see grant_heads)
+-- Returns: 1 a live slot was released, 2 a queue entry was removed, 0 nothing to do;
+--          with ARGV[4], {that result, the grant message for the caller's process, or ''}
 local id = ARGV[1]
+local local_token = ARGV[4]
 local now = now_ms()
 local score = redis.call('ZSCORE', KEYS[2], id)
 local result = 0
@@ -24,9 +28,12 @@ if redis.call('ZREM', KEYS[4], id) == 1 then
   redis.call('HDEL', KEYS[6], id)
   if result == 0 then result = 2 end
 end
+local kept = ''
 if result > 0 then
   if ARGV[3] and ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[3], 1) end
   purge(now, 64)
-  grant_heads(now, ARGV[2], nil)
+  local _, _, message = grant_heads(now, ARGV[2], nil, local_token)
+  kept = message
 end
+if local_token then return {result, kept} end
 return result

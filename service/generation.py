@@ -4,7 +4,8 @@ For every prediction, in this fixed order (no deadlock cycles):
   1. a slot of the external semaphore, when the request names one;
   2. a slot of the account's concurrency semaphore (REPLICATE_CONCURRENT_LIMIT);
   3. a token of the account's sliding 60 s window (REPLICATE_REQUESTS_PER_MINUTE), taken before
-     every create attempt, retries included.
+     every create attempt, retries included (the first one in the same Redis call as step 2 when
+     that slot is free at once).
 Slots are held until the prediction is terminal or cancelled, and released on every path. If a
 lease is lost (its holder froze past the TTL), the prediction is cancelled: it would otherwise run
 outside the limit.
@@ -176,6 +177,7 @@ class Generator:
                         limit=settings.replicate_concurrent_limit,
                         timeout_s=_remaining(deadline),
                         holder=holder,
+                        limit_per_minute=settings.replicate_requests_per_minute,
                     )
                 )
             except AcquireTimeout as exc:
@@ -206,9 +208,15 @@ class Generator:
     ) -> PredictionResult:
         settings = self._settings
         coordinator = self._coordinator
+        # The account slot, taken at once, may have come with the first create's window entry.
+        prepaid = leases[-1].window_entry
 
         async def before_create() -> None:
+            nonlocal prepaid
             _check_leases(leases)
+            if prepaid:
+                prepaid = False
+                return
             try:
                 await coordinator.take_account_rate(
                     caller.account,

@@ -69,13 +69,16 @@ end
 -- any other id on `channel` itself:
 --   grant <now ms> <limit> <epoch> <id>:<expiry ms> [<id>:<expiry ms> ...]
 -- `caller` (acquire_slot's own id, or nil) is granted like the others but not announced: it
--- learns from the script's reply. A head whose record has no "ttl_ms" was queued by an older
--- version of these scripts (a rolling upgrade), whose process expects a wake-up: its slot stays
--- free for it and its id is published on `channel`, as before grants. Returns how many were
--- granted, and the free slots left (free_slots after the grants).
-local function grant_heads(now, channel, caller)
+-- learns from the script's reply. So do the waiters of the process whose token is `local_token`
+-- (the releasing process, or nil): their grant message is returned instead of published, and
+-- that process hands it to its waiters straight from the reply, one hop sooner. A head whose
+-- record has no "ttl_ms" was queued by an older version of these scripts (a rolling upgrade),
+-- whose process expects a wake-up: its slot stays free for it and its id is published on
+-- `channel`, as before grants. Returns how many were granted, the free slots left (free_slots
+-- after the grants), and the message kept for `local_token` ('' if none).
+local function grant_heads(now, channel, caller, local_token)
   local free = free_slots(now)
-  if free <= 0 then return 0, free end
+  if free <= 0 then return 0, free, '' end
   local granted, dead = {}, {}
   local offset = 0
   while #granted < free and #dead < 256 do
@@ -92,7 +95,7 @@ local function grant_heads(now, channel, caller)
     end
   end
   if #dead > 0 then drop_waiters(dead) end
-  if #granted == 0 then return 0, free end
+  if #granted == 0 then return 0, free, '' end
 
   local epoch = redis.call('HGET', KEYS[1], 'epoch') or '-'
   local head = 'grant ' .. string.format('%d', now) .. ' ' .. redis.call('HGET', KEYS[1], 'limit')
@@ -126,17 +129,39 @@ local function grant_heads(now, channel, caller)
     end
   end
   if #woken > 0 then redis.call('PUBLISH', channel, table.concat(woken, ' ')) end
-  if #ids == 0 then return 0, free end
+  if #ids == 0 then return 0, free, '' end
   drop_waiters(ids)
   redis.call('HINCRBY', KEYS[7], 'acquired', #ids)
   keep_for(KEYS[2], longest * 3)
   keep_for(KEYS[3], longest * 3)
   local meta_ttl = redis.call('PTTL', KEYS[1])
   if meta_ttl > 0 then keep_for(KEYS[7], meta_ttl) end
+  local kept = ''
   for _, token in ipairs(order) do
-    local target = channel
-    if token ~= '' then target = channel .. ':' .. token end
-    redis.call('PUBLISH', target, table.concat(messages[token], ' '))
+    if token ~= '' and token == local_token then
+      kept = table.concat(messages[token], ' ')
+    else
+      local target = channel
+      if token ~= '' then target = channel .. ':' .. token end
+      redis.call('PUBLISH', target, table.concat(messages[token], ' '))
+    end
   end
-  return #ids, free - #ids
+  return #ids, free - #ids, kept
+end
+
+-- Take one entry of an exact sliding-window log (ZSET request id -> admitted at, ms): at most
+-- `limit` in any `window` ms. Rejected attempts write nothing. Cost: O(log n) plus the entries
+-- that left the window, each removed once, so the amortized cost does not grow with the limit.
+-- Returns {1, remaining, 0} admitted, or {0, 0, wait_ms}: the exact wait until an entry frees.
+local function take_from_window(key, limit, window, request_id, now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local used = redis.call('ZCARD', key)
+  if used < limit then
+    redis.call('ZADD', key, now, request_id)
+    redis.call('PEXPIRE', key, window + 1000)
+    return {1, limit - used - 1, 0}
+  end
+  -- The entry whose departure brings the count below the limit.
+  local entry = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
+  return {0, 0, tonumber(entry[2]) + window - now + 1}
 end

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from .connection import HiredisPackingConnection
 from .errors import CoordinationUnavailable
 from .keys import ACCOUNT, GLOBAL, KeySpace
 from .lease import Holder, Lease, shielded
@@ -23,7 +24,7 @@ from .redis_errors import guarded
 from .registry import SemaphoreRegistry
 from .renewal import Renewer
 from .scripts import Scripts
-from .semaphore import AcquireOptions, Semaphores
+from .semaphore import AcquireOptions, Semaphores, WindowAsk
 from .wake import WakeDispatcher
 from .window import SlidingWindow, WindowResult
 
@@ -56,6 +57,7 @@ class Coordinator:
             # more would only delay the fast failure callers need when Redis is down.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
             max_connections=512,
+            connection_class=HiredisPackingConnection,  # rediss:// and unix:// keep their own
         )
         self._pubsub_client = aioredis.Redis.from_url(
             config.redis_url,
@@ -148,9 +150,27 @@ class Coordinator:
         return semaphore_id in self.config.declared or await self.registry.exists(semaphore_id)
 
     async def acquire_account(
-        self, account: str, *, limit: int, timeout_s: float, holder: Holder | None = None
+        self,
+        account: str,
+        *,
+        limit: int,
+        timeout_s: float,
+        holder: Holder | None = None,
+        limit_per_minute: int = 0,
     ) -> Lease:
-        """A slot of an account's concurrency semaphore (created on first use with `limit`)."""
+        """A slot of an account's concurrency semaphore (created on first use with `limit`).
+
+        With `limit_per_minute`, a slot taken at once comes with one entry of the account's
+        creation window, taken in the same call when the window has room: the lease's
+        `window_entry` is then True, and the first create needs no `take_account_rate`. (A slot
+        handed over by a release comes without one: nobody knows when its holder will use it.)"""
+        window = None
+        if limit_per_minute > 0:
+            window = WindowAsk(
+                key=self.keyspace.window(f"{ACCOUNT}:{account}"),
+                limit=limit_per_minute,
+                window_ms=int(ACCOUNT_WINDOW_S * 1000),
+            )
         return await self.semaphores.acquire(
             account,
             AcquireOptions(
@@ -159,6 +179,7 @@ class Coordinator:
                 create_limit=limit,
                 keys_ttl_ms=ACCOUNT_KEYS_TTL_MS,
                 scope="account_concurrency",
+                window=window,
             ),
             holder or self.holder(),
         )
@@ -173,7 +194,7 @@ class Coordinator:
         (queued behind other work, a slow connection), bringing two admissions that were 60 s
         apart here closer than 60 s there. One second of margin absorbs that skew."""
         return await self.window.wait_take(
-            f"acct:{account}",
+            f"{ACCOUNT}:{account}",
             limit_per_minute,
             timeout_s,
             window_s=ACCOUNT_WINDOW_S,

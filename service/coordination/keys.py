@@ -2,7 +2,8 @@
 
 All keys of one semaphore share the hash tag `{<kind>:<id>}`, so each script touches one cluster
 slot. Kinds: `sem` (global semaphores, registered by id), `acct` (one per Replicate account
-fingerprint). Windows use `{win:<scope>}`.
+fingerprint). Windows use `{win:<scope>}`, except an account's creation window, which shares
+its account's tag (`{acct:<fp>}:window`) so that one script can take a slot and an entry.
 
 Channels are not keys: a semaphore's wake channel `<base>:wake` carries plain wake-ups (a
 delete), and `<base>:wake:<token>` carries the grants to the waiters of the one process whose
@@ -11,6 +12,7 @@ lease ids end in `-<token>` (service/coordination/wake.py).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 GLOBAL = "sem"
@@ -44,6 +46,7 @@ class SemaphoreKeys:
 class KeySpace:
     prefix: str = "rcg"
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - KeySpace is a frozen value, never freed early
     def semaphore(self, semaphore_id: str, kind: str = GLOBAL) -> SemaphoreKeys:
         base = f"{self.prefix}:{{{kind}:{semaphore_id}}}"
         return SemaphoreKeys(
@@ -60,6 +63,11 @@ class KeySpace:
         )
 
     def window(self, scope: str) -> str:
+        # An account's creation window ("acct:<fp>") lives under the account's own hash tag,
+        # beside its concurrency semaphore, so that acquire_slot can take a slot and a window
+        # entry in one call. Every other window has a tag of its own.
+        if scope.startswith(f"{ACCOUNT}:"):
+            return f"{self.prefix}:{{{scope}}}:window"
         return f"{self.prefix}:{{win:{scope}}}:log"
 
     @property

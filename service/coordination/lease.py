@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Protocol
 
@@ -21,7 +21,9 @@ class Holder:
     acquired_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Every field is a plain value: a shallow dict is enough (asdict copies deeply, slowly).
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps(values, separators=(",", ":"))
 
     @property
     def detached(self) -> bool:
@@ -73,6 +75,9 @@ class Lease:
         self.valid_s = ttl_s if valid_s is None else min(ttl_s, valid_s)
         self.renewed_at = time.monotonic()
         self.released = False
+        # True when the acquiring call also took an entry of a rate window for the holder's
+        # first use of the slot (AcquireOptions.window); see Coordinator.acquire_account.
+        self.window_entry = False
         self.lost = asyncio.Event()
         self._on_lost: list[Callable[[Lease], Awaitable[None] | None]] = []
 

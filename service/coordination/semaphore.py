@@ -32,9 +32,9 @@ whether its last call reached Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -64,6 +64,16 @@ class AcquireOptions:
     create_limit: int = 0
     keys_ttl_ms: int = 0
     scope: str = "semaphore"
+    # Also take one entry of this window (same hash tag as the semaphore) if the slot is taken
+    # at once: the caller's first use of the slot then needs no call of its own for it.
+    window: WindowAsk | None = None
+
+
+@dataclass(frozen=True)
+class WindowAsk:
+    key: str
+    limit: int
+    window_ms: int
 
 
 class Semaphores:
@@ -138,6 +148,11 @@ class Semaphores:
         deadline = started + options.timeout_s
         waiter_json = json.dumps({"replica": self._replica_id, "since": time.time()})
         queue = "1" if options.timeout_s > 0 else "0"
+        script_keys = keys.all
+        window_args: list[object] = []
+        if options.window is not None:
+            script_keys = [*keys.all, options.window.key]
+            window_args = [options.window.limit, options.window.window_ms, secrets.token_hex(8)]
         acquired = False
 
         def lease_of(expires_at_ms: int, epoch: str, limit: int, valid_s: float | None) -> Lease:
@@ -160,9 +175,9 @@ class Semaphores:
             while True:
                 grant = self._dispatcher.take_grant(lease_id)
                 if grant is not None:
-                    # On Python 3.11 wait_for can return the wake-up and drop a cancellation
-                    # that came with it; no Redis call follows (guarded() would catch it), so
-                    # check here: a cancelled acquire must never hand back a lease.
+                    # A cancellation may have come with the wake-up; no Redis call follows
+                    # (guarded() would catch it), so check here: a cancelled acquire must never
+                    # hand back a lease.
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise asyncio.CancelledError
@@ -180,7 +195,7 @@ class Semaphores:
                 reply = await guarded(
                     self._scripts.call(
                         "acquire_slot",
-                        keys.all,
+                        script_keys,
                         [
                             lease_id,
                             self.lease_ttl_ms,
@@ -192,6 +207,7 @@ class Semaphores:
                             options.keys_ttl_ms,
                             keys.channel,
                             waiter_json,
+                            *window_args,
                         ],
                     )
                 )
@@ -203,6 +219,7 @@ class Semaphores:
                     # a grant message still on its way is stale.
                     self._dispatcher.take_grant(lease_id)
                     lease = lease_of(int(reply[1]), _text(reply[2]), int(reply[4]), None)
+                    lease.window_entry = len(reply) > 5 and int(reply[5]) == 1
                     acquired = True
                     return self._admitted(lease, started)
                 position, hint_ms, limit = int(reply[1]), int(reply[2]), int(reply[4])
@@ -216,8 +233,7 @@ class Semaphores:
                         retry_after_s=max(1.0, hint_ms / 1000),
                         position=position,
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), min(hint_ms / 1000, remaining))
+                await wake.wait(min(hint_ms / 1000, remaining))
         except BaseException as exc:
             if not acquired:
                 # Also frees a slot granted to this id that it never took (or took too late).
@@ -255,10 +271,16 @@ class Semaphores:
         return await self._release_id(self.keys_for(lease), lease.lease_id, "")
 
     async def _release_id(self, keys: SemaphoreKeys, lease_id: str, counter: str) -> bool:
+        # With this process's token, a slot granted to one of its own waiters comes back in the
+        # reply rather than over pub/sub: the waiter gets it as soon as the releaser hears back.
+        token = self._dispatcher.token
         reply = await guarded(
-            self._scripts.call("release_slot", keys.all, [lease_id, keys.channel, counter])
+            self._scripts.call("release_slot", keys.all, [lease_id, keys.channel, counter, token])
         )
-        return int(reply) == 1
+        status, kept = reply
+        if kept:
+            self._dispatcher.handle(_text(kept), local=True)
+        return int(status) == 1
 
     async def annotate(self, lease: Lease) -> bool:
         keys = self.keys_for(lease)

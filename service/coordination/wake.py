@@ -11,6 +11,9 @@ for it go to "<semaphore wake channel>:<token>". So every process subscribes to 
                            (each waiter re-checks and learns it is gone), and grants to ids
                            without a token
 
+A release by this process passes its token, so grants to this process's own waiters come back
+in the release reply instead, and go through `handle` the same way (one hop sooner).
+
 A grant sets the waiter's event and leaves its details for Semaphores.acquire (`take_grant`).
 Pub/sub can lose messages (a dropped connection, a restart), so no waiter relies on it: every
 wait is also bounded by a poll, and a waiter that polls after a grant it never heard of is told
@@ -48,17 +51,59 @@ class Grant:
         return (self.expires_at_ms - self.granted_at_ms) / 1000
 
 
+class Wake:
+    """One waiter's wake-up: like asyncio.Event, but `wait` takes a timeout and `set` resolves
+    the waiter's future directly. (asyncio.wait_for(event.wait(), t) runs the wait in a task of
+    its own, and the waiter resumes two event-loop iterations after `set`: on a handoff's
+    critical path.)"""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._future: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True once set, False after `timeout_s`."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        future = self._future = loop.create_future()
+        timer = loop.call_later(timeout_s, _time_up, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            self._future = None
+        return self._set
+
+
+def _time_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class WakeDispatcher:
     def __init__(self, client: aioredis.Redis, pattern: str) -> None:
         self._client = client
         self._pattern = pattern
         self.token = secrets.token_hex(4)
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: dict[str, Wake] = {}
         self._grants: dict[str, Grant] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.reconnects = 0
         self.messages = 0
+        self.local_grants = 0
         self.grants_received = 0
 
     @property
@@ -73,8 +118,8 @@ class WakeDispatcher:
         """A lease id whose grants are announced to this process only."""
         return f"{secrets.token_hex(12)}-{self.token}"
 
-    def register(self, waiter_id: str) -> asyncio.Event:
-        event = asyncio.Event()
+    def register(self, waiter_id: str) -> Wake:
+        event = Wake()
         self._events[waiter_id] = event
         return event
 
@@ -101,9 +146,13 @@ class WakeDispatcher:
         for event in list(self._events.values()):
             event.set()
 
-    def handle(self, data: str) -> None:
-        """One message from either pattern."""
-        self.messages += 1
+    def handle(self, data: str, *, local: bool = False) -> None:
+        """One message from either pattern, or (`local`) a grant a release by this process
+        returned instead of publishing it."""
+        if local:
+            self.local_grants += 1
+        else:
+            self.messages += 1
         words = data.split()
         if words[:1] != ["grant"]:
             for waiter_id in words:

@@ -263,7 +263,7 @@ async def test_window_shows_admissions_next_free_slot_and_the_account_semaphore(
     assert (creations["admissions"], creations["limit"], creations["remaining"]) == (3, 3, 0)
     assert 0 < creations["next_free_in_s"] <= 61.001  # the creations window is 61 s
     assert 0 <= creations["oldest_age_s"] < 61
-    assert creations["key"] == f"rcg:{{win:acct:{FP}}}:log"
+    assert creations["key"] == f"rcg:{{acct:{FP}}}:window"
     assert (full["polls"]["admissions"], full["polls"]["limit"]) == (1, 2400)
     concurrency = full["concurrency"]
     assert (concurrency["kind"], concurrency["limit"], concurrency["in_use"]) == ("acct", 4, 1)

@@ -110,6 +110,32 @@ async def test_account_limits_are_created_on_first_use(redis_url: str) -> None:
     await c.close()
 
 
+async def test_a_free_account_slot_comes_with_a_window_entry_in_the_same_call(
+    redis_url: str,
+) -> None:
+    c = await connect(redis_url)
+    calls: list[str] = []
+    plain_call = c.scripts.call
+
+    async def call(name: str, keys: Any, args: Any) -> Any:
+        calls.append(name)
+        return await plain_call(name, keys, args)
+
+    c.scripts.call = call  # type: ignore[method-assign]
+    a = await c.acquire_account("fpw", limit=2, timeout_s=1, limit_per_minute=1)
+    assert calls == ["acquire_slot"]  # slot and window entry: one call
+    assert a.window_entry
+    assert await c.window.count("acct:fpw", window_s=61) == 1
+    # The window is full: a second slot comes without an entry, and the window still says no.
+    b = await c.acquire_account("fpw", limit=2, timeout_s=1, limit_per_minute=1)
+    assert not b.window_entry
+    with pytest.raises(AcquireTimeout):
+        await c.take_account_rate("fpw", limit_per_minute=1, timeout_s=0.2)
+    await a.release()
+    await b.release()
+    await c.close()
+
+
 async def test_redis_down_fails_fast_with_a_specific_error(own_redis_server: RedisServer) -> None:
     c = await connect(own_redis_server.url, redis_timeout_s=0.5)
     await c.registry.create("down", 1)
@@ -218,6 +244,24 @@ async def queued_ids(client: aioredis.Redis, queue_key: str, count: int) -> list
         assert time.monotonic() < deadline, f"never saw {count} waiter(s)"
         await asyncio.sleep(0.01)
     return [m.decode() for m in await client.zrange(queue_key, 0, -1)]
+
+
+async def test_a_release_hands_a_grant_to_its_own_processs_waiter_from_the_reply(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    c = await connect(redis_url)
+    await c.registry.create("local-grant", 1)
+    keys = c.keyspace.semaphore("local-grant")
+    first = await c.acquire("local-grant", timeout_s=1)
+    waiter = asyncio.create_task(c.acquire("local-grant", timeout_s=10))
+    [waiter_id] = await queued_ids(redis_client, keys.queue, 1)
+    await first.release()
+    lease = await asyncio.wait_for(waiter, 2)
+    # Delivered by the release reply: no pub/sub message carried it.
+    assert lease.lease_id == waiter_id
+    assert (c.dispatcher.local_grants, c.dispatcher.messages) == (1, 0)
+    await lease.release()
+    await c.close()
 
 
 async def test_a_granted_waiter_whose_grant_message_is_lost_gets_its_lease_by_polling(

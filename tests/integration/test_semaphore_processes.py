@@ -145,15 +145,20 @@ async def test_waiters_progress_when_the_wake_connection_drops(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
     c = await coordinator(redis_url, queue_entry_ttl_s=1.5)
+    # The holder is another process's (a release hands a grant to its own process's waiters in
+    # its reply, without pub/sub).
+    other = await coordinator(redis_url)
     await c.registry.create("drop", 1)
-    first = await c.acquire("drop", timeout_s=1)
+    first = await other.acquire("drop", timeout_s=1)
     waiter = asyncio.create_task(c.acquire("drop", timeout_s=10))
     await asyncio.sleep(0.1)
     await redis_client.client_kill_filter(_type="pubsub")
-    await first.release()  # its wake message has nobody to reach
+    await first.release()  # its grant message has nobody to reach
     lease = await asyncio.wait_for(waiter, 5)
     await lease.release()
     assert c.dispatcher.reconnects >= 1
+    assert c.dispatcher.local_grants == 0
+    await other.close()
     await c.close()
 
 

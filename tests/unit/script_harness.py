@@ -59,11 +59,17 @@ class Harness:
         grace_ms: int = 0,
         queue_ttl_ms: int = 3000,
         holder: dict[str, Any] | None = None,
+        window: tuple[str, int, int, str] | None = None,
     ) -> list[Any]:
+        """`window`: (log key, limit, window ms, request id) to take an entry with the slot."""
+        keys, extra = self.keys.all, []
+        if window is not None:
+            keys = [*keys, window[0]]
+            extra = list(window[1:])
         return list(
             self.run(
                 "acquire_slot",
-                self.keys.all,
+                keys,
                 [
                     lease_id,
                     ttl_ms,
@@ -75,6 +81,7 @@ class Harness:
                     0,
                     self.keys.channel,
                     json.dumps({"replica": "r", "since": 1.5}),
+                    *extra,
                 ],
             )
         )

@@ -112,6 +112,51 @@ def test_one_grant_message_per_process_names_all_its_grantees(harness: Harness) 
     ]
 
 
+def test_a_release_returns_the_grants_to_its_own_process_instead_of_publishing_them(
+    harness: Harness,
+) -> None:
+    harness.create(2)
+    harness.acquire("a-tok1")
+    harness.acquire("b-tok2")
+    harness.acquire("x-tok1")
+    harness.acquire("y-tok2")
+    harness.published()
+    channel = harness.keys.channel
+    # Released by tok1's process: its own waiter x comes back in the reply, unpublished.
+    status, kept = harness.run("release_slot", harness.keys.all, ["a-tok1", channel, "", "tok1"])
+    x = harness.holder_expiry("x-tok1") or 0
+    assert (int(status), kept.decode()) == (1, grant_message(harness, ("x-tok1", x)))
+    assert harness.published_on() == []
+    # Released by tok1's process again: the grantee y is another process's, so it is published.
+    status, kept = harness.run("release_slot", harness.keys.all, ["b-tok2", channel, "", "tok1"])
+    y = harness.holder_expiry("y-tok2") or 0
+    assert (int(status), kept) == (1, b"")
+    assert harness.published_on() == [(f"{channel}:tok2", grant_message(harness, ("y-tok2", y)))]
+    # Nothing to release: the same two-item reply.
+    assert harness.run("release_slot", harness.keys.all, ["gone", channel, "", "tok1"]) == [0, b""]
+
+
+def test_an_acquire_takes_a_window_entry_with_a_free_slot_only(
+    harness: Harness, clock: FakeClock
+) -> None:
+    log = "t:{sem:s}:window"
+    harness.create(2)
+    # A free slot and room in the window: both, in one call.
+    first = harness.acquire("a", ttl_ms=60_000, window=(log, 2, 60_000, "r1"))
+    assert first[0] == 1 and first[5:] == [1, 0]
+    assert harness.client.zrange(log, 0, -1) == [b"r1"]
+    # A free slot, but the window is full after one more: the slot still, and the exact wait.
+    harness.client.zadd(log, {"other": harness.now_ms()})
+    clock.advance(1)
+    second = harness.acquire("b", ttl_ms=60_000, window=(log, 2, 60_000, "r2"))
+    assert second[0] == 1 and second[5:] == [0, 60_000 - 1_000 + 1]
+    assert harness.client.zcard(log) == 2
+    # No free slot: queued, and the window is left alone.
+    third = harness.acquire("c", window=(log, 5, 60_000, "r3"))
+    assert third[0] == 0 and len(third) == 5
+    assert harness.client.zcard(log) == 2
+
+
 def test_a_grant_carries_the_waiters_holder_json_stamped_with_the_grant_time(
     harness: Harness, clock: FakeClock
 ) -> None:

@@ -16,16 +16,18 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from benchmarks.coord_naive import NaiveSemaphore
 from service.coordination import Coordinator, CoordinatorConfig
+from service.coordination.wake import Wake
 
 Acquire = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
@@ -114,7 +116,7 @@ def install_trace(c: Coordinator) -> None:
     dispatcher = c.dispatcher
     plain_register = dispatcher.register
 
-    def register(waiter_id: str) -> asyncio.Event:
+    def register(waiter_id: str) -> Wake:
         event = plain_register(waiter_id)
         plain_set = event.set
 
@@ -215,7 +217,18 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="coord: log calls and wake-ups")
     parser.add_argument("--profile", default="", help="write a cProfile of the run here")
     args = parser.parse_args()
-    asyncio.run(MODES[args.mode](args))
+    run_on_loop(MODES[args.mode](args))
+
+
+def run_on_loop(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop, as the service runs under uvicorn, unless BENCH_LOOP=asyncio (the parent's
+    --loop)."""
+    if os.environ.get("BENCH_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from benchmarks.coord_naive import NaiveSemaphore
 from benchmarks.coord_redis import PrivateRedis, ServerCounters
+from benchmarks.coord_worker import run_on_loop
 from service.coordination import AcquireTimeout, Coordinator, CoordinatorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -556,7 +557,8 @@ def render(
     out.append(
         f"workload: {PROCESSES} processes x {WORKERS} workers (asyncio.Semaphore: 1 x "
         f"{PROCESSES * WORKERS}), limit {LIMIT}, hold {HOLD_MS:.0f} ms, {args.duration:g} s per "
-        f"run; lease TTL {LEASE_TTL_S:g} s, queue entry TTL {QUEUE_TTL_S:g} s"
+        f"run; lease TTL {LEASE_TTL_S:g} s, queue entry TTL {QUEUE_TTL_S:g} s; "
+        f"event loop {args.loop}"
     )
     if args.duration < 10:
         out.append("note: fairness / max-wait targets are defined for the 10 s run")
@@ -566,6 +568,16 @@ def render(
 # ------------------------------------------------------------------------------------ main
 
 
+def run_micro(work: Coroutine[Any, Any, MicroResult]) -> MicroResult:
+    result: list[MicroResult] = []
+
+    async def keep() -> None:
+        result.append(await work)
+
+    run_on_loop(keep())
+    return result[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
@@ -573,7 +585,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=2000, help="uncontended samples")
     parser.add_argument("--probes", type=int, default=200, help="samples per queue size")
     parser.add_argument("--json", type=Path, help="also write every metric to this file")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of every process (uvloop: what the service runs on under uvicorn)",
+    )
     args = parser.parse_args(argv)
+    os.environ["BENCH_LOOP"] = args.loop  # read by the worker processes
     if args.quick:
         args.duration = 3.0
         args.iterations = min(args.iterations, 500)
@@ -587,7 +606,7 @@ def main(argv: list[str] | None = None) -> None:
         server.client.set("rcg:epoch", "benchmark")
         load_before = os.getloadavg()
         print(f"redis {server.version()} on port {server.port}; micro-benchmarks ...", file=log)
-        mic = asyncio.run(setup_and_micro(server, args.iterations, args.probes))
+        mic = run_micro(setup_and_micro(server, args.iterations, args.probes))
         runs: dict[tuple[str, float], RunResult] = {}
         with tempfile.TemporaryDirectory(prefix="coord-bench-") as tmp:
             for pause in (0.0, PAUSE_MS):

@@ -4,7 +4,8 @@
 
 Rows:
   overhead      p50/p99 of /generate through one replica vs the official client calling the
-                simulator directly, same prediction time, interleaved in one run
+                simulator directly, same prediction time, interleaved in one run; and a bare
+                proxy on the same stack (no limits), the floor any service in between pays
   makespan      a 200-task batch split over 3 replicas, concurrency limit 20, 0.5 s predictions,
                 against the ideal 200 x 0.5 / 20 = 5 s
   naive         the same workload with a per-process asyncio.Semaphore in each replica (how the
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 from replicate.client import Client
@@ -48,34 +51,72 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@contextlib.contextmanager
+def naive_replicas(count: int, sim_url: str) -> Iterator[list[str]]:
+    """`count` benchmarks.naive_replica processes against the simulator; yields their URLs."""
+    ports = [free_port() for _ in range(count)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            env = {
+                **os.environ,
+                "PORT": str(port),
+                "REPLICATE_BASE_URL": sim_url,
+                "REPLICATE_API_TOKEN": TOKEN,
+                "REPLICATE_CONCURRENT_LIMIT": "20",
+            }
+            procs.append(
+                subprocess.Popen([sys.executable, "-m", "benchmarks.naive_replica"], env=env)
+            )
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url in urls:
+            for _ in range(100):
+                try:
+                    httpx.get(url + "/docs")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 async def overhead(samples: int) -> dict[str, float]:
-    with running_cluster(replicas=1, env=FAST_ENV, latency=0.1, **SIM_UNLIMITED) as cluster:
+    """Latency of one /generate through the service, through a bare proxy on the same stack
+    (benchmarks/naive_replica.py: no limits, no validation), and of the official client calling
+    the simulator directly; interleaved, so that all three see the same machine."""
+    with (
+        running_cluster(replicas=1, env=FAST_ENV, latency=0.1, **SIM_UNLIMITED) as cluster,
+        naive_replicas(1, cluster.sim_url) as [bare_url],
+    ):
         direct = Client(api_token=TOKEN, base_url=cluster.sim_url)
-        service: list[float] = []
-        baseline: list[float] = []
+        took: dict[str, list[float]] = {"service": [], "bare": [], "direct": []}
         async with httpx.AsyncClient(timeout=30, headers=admin_headers()) as client:
             for i in range(samples + 5):
-                started = time.perf_counter()
-                response = await client.post(
-                    cluster.url(0) + "/generate", json={"model_name": "flux-dev", "prompt": f"o{i}"}
-                )
-                assert response.status_code == 200, response.text
-                took_service = time.perf_counter() - started
+                times: dict[str, float] = {}
+                for name, url in (("service", cluster.url(0)), ("bare", bare_url)):
+                    started = time.perf_counter()
+                    response = await client.post(
+                        url + "/generate", json={"model_name": "flux-dev", "prompt": f"o{i}"}
+                    )
+                    assert response.status_code == 200, response.text
+                    times[name] = time.perf_counter() - started
                 started = time.perf_counter()
                 prediction = await direct.models.predictions.async_create(
                     model="black-forest-labs/flux-dev", input={"prompt": f"d{i}"}, wait=5
                 )
-                assert prediction.status == "succeeded"
-                took_direct = time.perf_counter() - started
+                assert prediction.status == "succeeded", (prediction.status, prediction.error)
+                times["direct"] = time.perf_counter() - started
                 if i >= 5:  # warm-up
-                    service.append(took_service)
-                    baseline.append(took_direct)
-        return {
-            "service_p50_ms": statistics.median(service) * 1000,
-            "service_p99_ms": pct(service, 0.99) * 1000,
-            "direct_p50_ms": statistics.median(baseline) * 1000,
-            "direct_p99_ms": pct(baseline, 0.99) * 1000,
-        }
+                    for name, value in times.items():
+                        took[name].append(value)
+        result: dict[str, float] = {}
+        for name, values in took.items():
+            result[f"{name}_p50_ms"] = statistics.median(values) * 1000
+            result[f"{name}_p99_ms"] = pct(values, 0.99) * 1000
+        return result
 
 
 async def run_batch(cluster: Cluster, replicas: int, tasks: int) -> float:
@@ -114,48 +155,26 @@ async def naive(tasks: int = 200) -> dict[str, float]:
     sim_port = free_port()
     sim = spawn_simulator_process(sim_port, latency=0.5, seed=3, **SIM_UNLIMITED)
     sim_url = f"http://127.0.0.1:{sim_port}"
-    ports = [free_port() for _ in range(3)]
-    procs: list[subprocess.Popen[bytes]] = []
     try:
         wait_for_simulator(sim_url, process=sim)
-        for port in ports:
-            env = {
-                **os.environ,
-                "PORT": str(port),
-                "REPLICATE_BASE_URL": sim_url,
-                "REPLICATE_API_TOKEN": TOKEN,
-                "REPLICATE_CONCURRENT_LIMIT": "20",
-            }
-            procs.append(
-                subprocess.Popen([sys.executable, "-m", "benchmarks.naive_replica"], env=env)
-            )
-        async with httpx.AsyncClient(timeout=300) as client:
-            for port in ports:
-                for _ in range(100):
-                    try:
-                        await client.get(f"http://127.0.0.1:{port}/docs")
-                        break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
-            parts = [67, 67, 66]
-            started = time.perf_counter()
-            await asyncio.gather(
-                *(
-                    client.post(
-                        f"http://127.0.0.1:{port}/generate-batch",
-                        json={"tasks": [{"prompt": f"n{i}-{j}"} for j in range(n)]},
+        with naive_replicas(3, sim_url) as urls:
+            async with httpx.AsyncClient(timeout=300) as client:
+                parts = [67, 67, 66]
+                started = time.perf_counter()
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{url}/generate-batch",
+                            json={"tasks": [{"prompt": f"n{i}-{j}"} for j in range(n)]},
+                        )
+                        for i, (url, n) in enumerate(zip(urls, parts, strict=True))
                     )
-                    for i, (port, n) in enumerate(zip(ports, parts, strict=True))
                 )
-            )
-            took = time.perf_counter() - started
-            stats = (await client.get(sim_url + "/_sim/stats")).json()
+                took = time.perf_counter() - started
+                stats = (await client.get(sim_url + "/_sim/stats")).json()
         intervals = [iv for t in stats["tokens"].values() for iv in t["intervals"]]
         return {"makespan_s": took, "max_upstream": max_overlap(intervals)}
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
         stop_simulator_process(sim)
 
 
@@ -192,6 +211,7 @@ async def main(quick: bool) -> None:
     added = o["service_p50_ms"] - o["direct_p50_ms"]
     ideal = 200 * 0.5 / 20
     m3, m1, n3 = results["makespan_3"], results["makespan_1"], results["naive_3"]
+    bare_added = o["bare_p50_ms"] - o["direct_p50_ms"]
     rows = [
         (
             "overhead p50 (service / direct / added)",
@@ -199,8 +219,18 @@ async def main(quick: bool) -> None:
             "PASS" if added <= 3 else "MISS",
         ),
         (
-            "overhead p99 (service / direct)",
-            f"{o['service_p99_ms']:.1f} / {o['direct_p99_ms']:.1f} ms",
+            "  bare proxy, same stack, no limits (floor)",
+            f"{o['bare_p50_ms']:.1f} / {o['direct_p50_ms']:.1f} / {bare_added:+.1f} ms",
+            "",
+        ),
+        (
+            "  the service's own share (service - bare)",
+            f"{added - bare_added:+.1f} ms",
+            "",
+        ),
+        (
+            "overhead p99 (service / bare / direct)",
+            f"{o['service_p99_ms']:.1f} / {o['bare_p99_ms']:.1f} / {o['direct_p99_ms']:.1f} ms",
             "",
         ),
         (

@@ -80,7 +80,12 @@ def naive_replicas(count: int, sim_url: str) -> Iterator[list[str]]:
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=10)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 async def overhead(samples: int) -> dict[str, float]:

@@ -1,7 +1,8 @@
 -- uses: common
 -- Give back a slot, or leave the queue. Idempotent and scoped to one id: releasing an unknown,
 -- expired or already released id changes nothing that belongs to anyone else. A freed slot is
--- granted at once to the queue head (grant_heads), whose process is told on its own channel.
+-- granted at once to the queue head (grant_heads), whose process is told on its own channel (or
+-- in this reply, when it is the caller's process: ARGV[4]).
 --
 -- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
 -- ARGV[1] lease id (or waiter id; a waiter granted a slot it never learned of holds it: this

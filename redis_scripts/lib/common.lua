@@ -150,12 +150,15 @@ local function grant_heads(now, channel, caller, local_token)
 end
 
 -- Take one entry of an exact sliding-window log (ZSET request id -> admitted at, ms): at most
--- `limit` in any `window` ms. Rejected attempts write nothing. Cost: O(log n) plus the entries
+-- `limit` in any `window` ms. Rejected attempts write nothing; a request id already in the log is
+-- admitted again without a second entry. Cost: O(log n) plus the entries
 -- that left the window, each removed once, so the amortized cost does not grow with the limit.
 -- Returns {1, remaining, 0} admitted, or {0, 0, wait_ms}: the exact wait until an entry frees.
 local function take_from_window(key, limit, window, request_id, now)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local used = redis.call('ZCARD', key)
+  -- A retried call (its first reply lost) finds its own entry: admitted once, not twice.
+  if redis.call('ZSCORE', key, request_id) then return {1, limit - used, 0} end
   if used < limit then
     redis.call('ZADD', key, now, request_id)
     redis.call('PEXPIRE', key, window + 1000)

@@ -41,8 +41,9 @@ async def server_now_ms(client: aioredis.Redis) -> int:
 async def read_window(
     client: aioredis.Redis, keyspace: KeySpace, scope: str, limit: int
 ) -> WindowReport:
-    """Mirrors take_window.lua: an entry counts while its score > now - window, and when full the
-    next slot frees 1 ms after the entry at rank (count - limit) leaves the window."""
+    """Mirrors take_from_window (redis_scripts/lib/common.lua): an entry counts while its
+    score > now - window, and when full the next slot frees 1 ms after the entry at rank
+    (count - limit) leaves the window."""
     key = keyspace.window(scope)
     window_s = ACCOUNT_WINDOW_S if scope.startswith("acct:") else WINDOW_S
     window_ms = int(window_s * 1000)

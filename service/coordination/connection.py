@@ -22,7 +22,9 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; the fallback 
 
 class HiredisPackingConnection(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
-        if hiredis is None:
+        # hiredis encodes str as strict UTF-8: any other encoding setting keeps redis-py's packer.
+        encoder = self.encoder
+        if hiredis is None or (encoder.encoding, encoder.encoding_errors) != ("utf-8", "strict"):
             return super().pack_command(*args)
         # As redis-py does: a command name with spaces ("CLIENT SETINFO") is several arguments.
         if isinstance(args[0], str):

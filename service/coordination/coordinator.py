@@ -160,10 +160,11 @@ class Coordinator:
     ) -> Lease:
         """A slot of an account's concurrency semaphore (created on first use with `limit`).
 
-        With `limit_per_minute`, a slot taken at once comes with one entry of the account's
-        creation window, taken in the same call when the window has room: the lease's
-        `window_entry` is then True, and the first create needs no `take_account_rate`. (A slot
-        handed over by a release comes without one: nobody knows when its holder will use it.)"""
+        With `limit_per_minute`, a slot that acquire_slot itself admits comes with one entry of
+        the account's creation window, taken in the same call when the window has room: the
+        lease's `window_entry` is then True, and the first create needs no `take_account_rate`.
+        (A slot handed over by a release comes without one: the releaser cannot know when its
+        new holder will use it.)"""
         window = None
         if limit_per_minute > 0:
             window = WindowAsk(

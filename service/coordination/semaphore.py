@@ -12,6 +12,8 @@ second call. A worked timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (R
     t=5.000  A: release_slot(L1) → free=1 → granted to the head: B leaves the queue and holds L2
              until t=13.4 (its entry's expiry, sooner than t+30); publishes
              "grant 5000 1 <epoch> L2:13400" on the wake channel + ":<B's process token>"
+             (had B been in A's own process, the same message would come back in A's release
+             reply instead, one hop sooner)
     t=5.001  B's process reads it and B returns its lease (expires_at t=13.4, epoch, limit 1);
              its Renewer renews L2 to a full TTL (30 s from then) within TTL/10 (3 s), in one
              call with every other lease granted to this process meanwhile
@@ -64,8 +66,8 @@ class AcquireOptions:
     create_limit: int = 0
     keys_ttl_ms: int = 0
     scope: str = "semaphore"
-    # Also take one entry of this window (same hash tag as the semaphore) if the slot is taken
-    # at once: the caller's first use of the slot then needs no call of its own for it.
+    # Also take one entry of this window (same hash tag as the semaphore) whenever acquire_slot
+    # itself admits the caller: its first use of the slot then needs no call of its own for it.
     window: WindowAsk | None = None
 
 
@@ -274,9 +276,17 @@ class Semaphores:
         # With this process's token, a slot granted to one of its own waiters comes back in the
         # reply rather than over pub/sub: the waiter gets it as soon as the releaser hears back.
         token = self._dispatcher.token
-        reply = await guarded(
-            self._scripts.call("release_slot", keys.all, [lease_id, keys.channel, counter, token])
-        )
+        try:
+            reply = await guarded(
+                self._scripts.call(
+                    "release_slot", keys.all, [lease_id, keys.channel, counter, token]
+                )
+            )
+        except BaseException:
+            # The script may have run and granted a slot to a waiter here whose news was in the
+            # lost reply: every local waiter re-checks now rather than at its next poll.
+            self._dispatcher.wake_all()
+            raise
         status, kept = reply
         if kept:
             self._dispatcher.handle(_text(kept), local=True)

@@ -15,7 +15,8 @@ A release by this process passes its token, so grants to this process's own wait
 in the release reply instead, and go through `handle` the same way (one hop sooner).
 
 A grant sets the waiter's event and leaves its details for Semaphores.acquire (`take_grant`).
-Pub/sub can lose messages (a dropped connection, a restart), so no waiter relies on it: every
+Pub/sub can lose messages (a dropped connection, a restart), and a release reply can be lost
+(then Semaphores wakes every local waiter to re-check), so no waiter relies on either: every
 wait is also bounded by a poll, and a waiter that polls after a grant it never heard of is told
 it holds the slot (acquire_slot's "already held"). After a reconnect every local waiter is woken
 once to re-check, since messages may have been missed.
@@ -52,10 +53,10 @@ class Grant:
 
 
 class Wake:
-    """One waiter's wake-up: like asyncio.Event, but `wait` takes a timeout and `set` resolves
-    the waiter's future directly. (asyncio.wait_for(event.wait(), t) runs the wait in a task of
-    its own, and the waiter resumes two event-loop iterations after `set`: on a handoff's
-    critical path.)"""
+    """One waiter's wake-up (a single waiter at a time): like asyncio.Event, but `wait` takes a
+    timeout and `set` resolves the waiter's future directly, so the waiter resumes in the next
+    event-loop iteration. (On Python 3.11, asyncio.wait_for(event.wait(), t) runs the wait in a
+    task of its own and resumes the waiter two iterations later: on a handoff's critical path.)"""
 
     def __init__(self) -> None:
         self._set = False
@@ -83,7 +84,8 @@ class Wake:
             await future
         finally:
             timer.cancel()
-            self._future = None
+            if self._future is future:
+                self._future = None
         return self._set
 
 

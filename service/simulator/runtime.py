@@ -45,8 +45,9 @@ class SimulatorRuntime:
 
     async def wait_until_done(self, prediction: SimPrediction, deadline: float) -> None:
         """Hold until the prediction is terminal or the clock reaches `deadline`."""
-        # A loop, because timers may fire a little early (uvloop's have 1 ms resolution).
-        while True:
+        # A loop, because timers may fire a little early (uvloop's have 1 ms resolution); bounded,
+        # in case an injected clock does not move.
+        for _ in range(1000):
             now = self.clock()
             if prediction.is_terminal(now) or now >= deadline:
                 return

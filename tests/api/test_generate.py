@@ -266,6 +266,10 @@ async def test_upstream_429_is_retried_then_succeeds(api: Api, simulator: Simula
     response = await api.post("/generate", json=flux(), headers=ADMIN)
     assert response.status_code == 200
     assert simulator.stats()["faults"]["served"]["create_429"] == 2
+    # Every create attempt took one window entry: the first with the account slot, the two
+    # retries on their own.
+    window = api.services.coordinator.window
+    assert await window.count(f"acct:{token_fingerprint(SERVER_TOKEN)}", window_s=61) == 3
 
 
 async def test_upstream_429_persisting_is_429_with_retry_after(

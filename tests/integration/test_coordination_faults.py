@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from service.coordination import (
     AcquireTimeout,
@@ -260,6 +261,34 @@ async def test_a_release_hands_a_grant_to_its_own_processs_waiter_from_the_reply
     # Delivered by the release reply: no pub/sub message carried it.
     assert lease.lease_id == waiter_id
     assert (c.dispatcher.local_grants, c.dispatcher.messages) == (1, 0)
+    await lease.release()
+    await c.close()
+
+
+async def test_a_lost_release_reply_makes_the_local_waiters_recheck_at_once(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    # Queue entries of 30 s: a waiter's own poll would come only after 10 s.
+    c = await connect(redis_url, queue_entry_ttl_s=30.0)
+    await c.registry.create("lost-reply", 1)
+    keys = c.keyspace.semaphore("lost-reply")
+    first = await c.acquire("lost-reply", timeout_s=1)
+    waiter = asyncio.create_task(c.acquire("lost-reply", timeout_s=20))
+    [waiter_id] = await queued_ids(redis_client, keys.queue, 1)
+    plain_call = c.scripts.call
+
+    async def reply_lost(name: str, keys: Any, args: Any) -> Any:
+        reply = await plain_call(name, keys, args)
+        if name == "release_slot":  # it ran, and granted the slot; its reply never arrives
+            raise redis.exceptions.ConnectionError("connection lost")
+        return reply
+
+    c.scripts.call = reply_lost  # type: ignore[method-assign]
+    with pytest.raises(CoordinationUnavailable):
+        await first.release()
+    c.scripts.call = plain_call  # type: ignore[method-assign]
+    lease = await asyncio.wait_for(waiter, 3)  # re-checked at once: "already held"
+    assert lease.lease_id == waiter_id and c.dispatcher.local_grants == 0
     await lease.release()
     await c.close()
 

@@ -33,3 +33,10 @@ def test_values_redis_py_refuses_are_refused(bad: object) -> None:
         Connection().pack_command("SET", "k", bad)
     with pytest.raises(DataError):
         HiredisPackingConnection().pack_command("SET", "k", bad)
+
+
+def test_another_encoding_keeps_redis_pys_packer() -> None:
+    latin = HiredisPackingConnection(encoding="latin-1")
+    assert b"".join(latin.pack_command("SET", "k", "é")) == b"".join(
+        Connection(encoding="latin-1").pack_command("SET", "k", "é")
+    )

@@ -157,6 +157,13 @@ def test_an_acquire_takes_a_window_entry_with_a_free_slot_only(
     assert harness.client.zcard(log) == 2
 
 
+def test_a_retried_window_take_does_not_count_twice(harness: Harness) -> None:
+    assert harness.take(2, "r1") == [1, 1, 0]
+    assert harness.take(2, "r1") == [1, 1, 0]  # the same request id: no second entry
+    assert harness.client.zcard("t:{win:a}:log") == 1
+    assert harness.take(2, "r2") == [1, 0, 0]
+
+
 def test_a_grant_carries_the_waiters_holder_json_stamped_with_the_grant_time(
     harness: Harness, clock: FakeClock
 ) -> None:

@@ -41,3 +41,18 @@ async def test_clear_rearms_and_a_cancelled_wait_raises() -> None:
         await waiter
     wake.set()  # nobody waits: harmless
     assert wake.is_set()
+
+
+async def test_a_timer_after_set_is_harmless_and_waits_can_follow_each_other() -> None:
+    wake = Wake()
+    first = asyncio.ensure_future(wake.wait(0.01))
+    await asyncio.sleep(0)
+    wake.set()
+    assert await first is True
+    await asyncio.sleep(0.02)  # the first wait's timer would have fired by now
+    wake.clear()
+    assert await wake.wait(0.01) is False  # a second wait times out on its own timer
+    second = asyncio.ensure_future(wake.wait(10))
+    await asyncio.sleep(0)
+    wake.set()
+    assert await second is True

@@ -5,79 +5,45 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
 from benchmarks.coord_naive import ACQUIRE_LUA
 from service.coordination.scripts import Scripts, script_source
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.fixtures.redis_server import RedisServer
 
 
 class PrivateRedis:
-    """`redis-server --port <free> --save "" --appendonly no`, stopped by `stop()`."""
+    """The tests' RedisServer (loopback, free port, no persistence, noeviction) in a temporary
+    directory, with a client; stopped by `stop()`."""
 
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
-        self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="coord-bench-redis-")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._server = RedisServer(binary, Path(self._dir.name))
+        try:
+            self._server.start()
+        except RuntimeError:
+            self._server.stop()
+            self._dir.cleanup()
+            raise SystemExit("redis-server did not start") from None
+        self.port = self._server.port
         self.client = redis.Redis(port=self.port, socket_timeout=10)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.02)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self._server.url
 
     def version(self) -> str:
         return str(self.client.info("server")["redis_version"])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self._server.stop()
         self.client.close()
         self._dir.cleanup()
 

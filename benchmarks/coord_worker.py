@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -29,6 +29,7 @@ from benchmarks.coord_naive import NaiveSemaphore
 from service.coordination import Coordinator, CoordinatorConfig
 from service.coordination.wake import Wake
 
+T = TypeVar("T")
 Acquire = Callable[[], Awaitable[Any]]
 Release = Callable[[Any], Awaitable[None]]
 
@@ -220,15 +221,14 @@ def main() -> None:
     run_on_loop(MODES[args.mode](args))
 
 
-def run_on_loop(main: Coroutine[Any, Any, None]) -> None:
-    """On uvloop, as the service runs under uvicorn, unless BENCH_LOOP=asyncio (the parent's
-    --loop)."""
+def run_on_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`main`'s result, run on uvloop as the service runs under uvicorn, unless
+    BENCH_LOOP=asyncio (the parent's --loop)."""
     if os.environ.get("BENCH_LOOP", "uvloop") == "uvloop":
         import uvloop
 
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 if __name__ == "__main__":

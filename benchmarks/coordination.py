@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -568,16 +568,6 @@ def render(
 # ------------------------------------------------------------------------------------ main
 
 
-def run_micro(work: Coroutine[Any, Any, MicroResult]) -> MicroResult:
-    result: list[MicroResult] = []
-
-    async def keep() -> None:
-        result.append(await work)
-
-    run_on_loop(keep())
-    return result[0]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
@@ -606,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
         server.client.set("rcg:epoch", "benchmark")
         load_before = os.getloadavg()
         print(f"redis {server.version()} on port {server.port}; micro-benchmarks ...", file=log)
-        mic = run_micro(setup_and_micro(server, args.iterations, args.probes))
+        mic = run_on_loop(setup_and_micro(server, args.iterations, args.probes))
         runs: dict[tuple[str, float], RunResult] = {}
         with tempfile.TemporaryDirectory(prefix="coord-bench-") as tmp:
             for pause in (0.0, PAUSE_MS):

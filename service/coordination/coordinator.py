@@ -59,10 +59,9 @@ class Coordinator:
             max_connections=512,
             connection_class=HiredisPackingConnection,  # rediss:// and unix:// keep their own
         )
+        # Opens the wake subscription's connection (WakeDispatcher health-checks it itself).
         self._pubsub_client = aioredis.Redis.from_url(
-            config.redis_url,
-            socket_connect_timeout=config.redis_timeout_s,
-            health_check_interval=5,
+            config.redis_url, socket_connect_timeout=config.redis_timeout_s
         )
         self.scripts = Scripts(self.client)
         self.dispatcher = WakeDispatcher(self._pubsub_client, self.keyspace.channel_pattern)

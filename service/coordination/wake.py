@@ -19,7 +19,9 @@ Pub/sub can lose messages (a dropped connection, a restart), and a release reply
 (then Semaphores wakes every local waiter to re-check), so no waiter relies on either: every
 wait is also bounded by a poll, and a waiter that polls after a grant it never heard of is told
 it holds the slot (acquire_slot's "already held"). After a reconnect every local waiter is woken
-once to re-check, since messages may have been missed.
+once to re-check, since messages may have been missed. The connection is read by
+`subscriber.Subscription`, which hands each message to `handle` in the callback that received
+it, and PINGs it every `health_check_s` to notice a connection that died without a word.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from .subscriber import Subscription
 from .tasks import stop_task
 
 log = logging.getLogger("service.coordination.wake")
+
+SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,10 @@ def _time_up(future: asyncio.Future[None]) -> None:
 
 
 class WakeDispatcher:
-    def __init__(self, client: aioredis.Redis, pattern: str) -> None:
+    def __init__(self, client: aioredis.Redis, pattern: str, health_check_s: float = 5.0) -> None:
         self._client = client
         self._pattern = pattern
+        self.health_check_s = health_check_s
         self.token = secrets.token_hex(4)
         self._events: dict[str, Wake] = {}
         self._grants: dict[str, Grant] = {}
@@ -177,30 +183,29 @@ class WakeDispatcher:
         self._grants[waiter_id] = grant
         self._events[waiter_id].set()
 
+    def _on_message(self, data: bytes) -> None:
+        try:
+            self.handle(data.decode())
+        except Exception:  # a bug here must not take the subscription down with it
+            log.exception("wake message not handled; waiters re-check")
+            self.wake_all()
+
     async def _run(self) -> None:
         backoff_s = 0.05
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            subscription: Subscription | None = None
             try:
-                await pubsub.psubscribe(*self.patterns)
+                subscription = await Subscription.open(
+                    self._client.connection_pool,
+                    self.patterns,
+                    self._on_message,
+                    SUBSCRIBE_TIMEOUT_S,
+                )
                 self._subscribed.set()
                 if self.reconnects:
                     self.wake_all()
                 backoff_s = 0.05
-                while True:
-                    # A bounded read lets redis-py send its health-check PINGs, so a silently
-                    # dead connection is noticed too.
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    data = message.get("data")
-                    if isinstance(data, bytes):
-                        data = data.decode()
-                    if isinstance(data, str):
-                        self.handle(data)
-                        # Let the waiters just woken run before this loop sets up its next
-                        # read (redis-py's get_message takes ~0.2 ms of CPU before it waits).
-                        await asyncio.sleep(0)
+                await subscription.serve(self.health_check_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -214,5 +219,5 @@ class WakeDispatcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if subscription is not None:
+                    subscription.close()

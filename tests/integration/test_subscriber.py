@@ -1,0 +1,101 @@
+"""The wake subscription's connection (service.coordination.subscriber), on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.coordination import Coordinator
+from service.coordination.subscriber import Subscription, SubscriptionLost
+from tests.fixtures.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def open_subscription(
+    url: str, patterns: list[str]
+) -> tuple[aioredis.Redis, Subscription, list[bytes]]:
+    client = aioredis.Redis.from_url(url)
+    received: list[bytes] = []
+    subscription = await Subscription.open(client.connection_pool, patterns, received.append, 2)
+    return client, subscription, received
+
+
+async def until(condition: object, timeout_s: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_messages_of_every_pattern_arrive_in_order(redis_url: str) -> None:
+    client, subscription, received = await open_subscription(redis_url, ["a:*", "b"])
+    await client.publish("a:1", "first")
+    await client.publish("b", "second")
+    await client.publish("c", "not subscribed")
+    await client.publish("a:2", b"\xff third")
+    await until(lambda: len(received) == 3)
+    assert received == [b"first", b"second", b"\xff third"]
+    subscription.close()
+    await client.aclose()
+
+
+async def test_a_killed_connection_ends_serve(redis_url: str, redis_client: aioredis.Redis) -> None:
+    client, subscription, _ = await open_subscription(redis_url, ["a:*"])
+    serving = asyncio.create_task(subscription.serve(health_check_s=5))
+    await redis_client.client_kill_filter(_type="pubsub")
+    with pytest.raises(SubscriptionLost):
+        await asyncio.wait_for(serving, 2)
+    await client.aclose()
+
+
+async def test_a_silent_connection_is_given_up(own_redis_server: RedisServer) -> None:
+    client, subscription, _ = await open_subscription(own_redis_server.url, ["a:*"])
+    serving = asyncio.create_task(subscription.serve(health_check_s=0.2))
+    await asyncio.sleep(0.5)
+    assert not serving.done()  # PINGs answered: alive
+    own_redis_server.sync_client().execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    with pytest.raises(SubscriptionLost, match="silent"):
+        await asyncio.wait_for(serving, 2)
+    own_redis_server.sync_client().execute_command("CLIENT", "UNPAUSE")
+    await client.aclose()
+
+
+async def test_the_url_credentials_open_it_and_a_refused_pattern_raises(
+    own_redis_server: RedisServer,
+) -> None:
+    admin = own_redis_server.sync_client()
+    admin.execute_command("ACL", "SETUSER", "waker", "on", ">s3cret", "+@all", "~*", "&grants:*")
+    base = own_redis_server.url.replace("redis://", "redis://waker:s3cret@")
+    client, subscription, received = await open_subscription(base, ["grants:*"])
+    await client.publish("grants:x", "hello")
+    await until(lambda: received == [b"hello"])
+    subscription.close()
+    with pytest.raises(SubscriptionLost, match="refused"):
+        await open_subscription(base, ["other:*"])
+    await client.aclose()
+
+
+async def test_a_failing_handler_wakes_every_waiter_and_keeps_the_subscription(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    c = await Coordinator.connect(redis_url, replica_id="t")
+    wake = c.dispatcher.register("some-waiter")
+    handled: list[str] = []
+
+    def handle(data: str, *, local: bool = False) -> None:
+        handled.append(data)
+        if data == "boom":
+            raise RuntimeError("bug")
+
+    c.dispatcher.handle = handle  # type: ignore[method-assign]
+    channel = f"{c.keyspace.channel_pattern.replace('*', 'x')}:{c.dispatcher.token}"
+    await redis_client.publish(channel, "boom")
+    await until(lambda: wake.is_set())
+    await redis_client.publish(channel, "after")
+    await until(lambda: handled == ["boom", "after"])
+    assert c.dispatcher.reconnects == 0
+    await c.close()

@@ -99,3 +99,20 @@ async def test_a_failing_handler_wakes_every_waiter_and_keeps_the_subscription(
     await until(lambda: handled == ["boom", "after"])
     assert c.dispatcher.reconnects == 0
     await c.close()
+
+
+def test_messages_arrive_on_uvloop_as_the_service_runs(redis_server: RedisServer) -> None:
+    # The service runs under uvicorn on uvloop, whose transports are not asyncio's: the handover
+    # of redis-py's transport to the subscription must work there too.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> list[bytes]:
+        client, subscription, received = await open_subscription(redis_server.url, ["a:*"])
+        await client.publish("a:1", "on uvloop")
+        await until(lambda: received == [b"on uvloop"])
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        subscription.close()
+        await client.aclose()
+        return received
+
+    assert uvloop.run(scenario()) == [b"on uvloop"]

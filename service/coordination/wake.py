@@ -21,7 +21,7 @@ wait is also bounded by a poll, and a waiter that polls after a grant it never h
 it holds the slot (acquire_slot's "already held"). After a reconnect every local waiter is woken
 once to re-check, since messages may have been missed. The connection is read by
 `subscriber.Subscription`, which hands each message to `handle` in the callback that received
-it, and PINGs it every `health_check_s` to notice a connection that died without a word.
+it, and PINGs it every HEALTH_CHECK_S to notice a connection that died without a word.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .tasks import stop_task
 log = logging.getLogger("service.coordination.wake")
 
 SUBSCRIBE_TIMEOUT_S = 5.0
+HEALTH_CHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,9 @@ def _time_up(future: asyncio.Future[None]) -> None:
 
 
 class WakeDispatcher:
-    def __init__(self, client: aioredis.Redis, pattern: str, health_check_s: float = 5.0) -> None:
+    def __init__(self, client: aioredis.Redis, pattern: str) -> None:
         self._client = client
         self._pattern = pattern
-        self.health_check_s = health_check_s
         self.token = secrets.token_hex(4)
         self._events: dict[str, Wake] = {}
         self._grants: dict[str, Grant] = {}
@@ -205,7 +205,7 @@ class WakeDispatcher:
                 if self.reconnects:
                     self.wake_all()
                 backoff_s = 0.05
-                await subscription.serve(self.health_check_s)
+                await subscription.serve(HEALTH_CHECK_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

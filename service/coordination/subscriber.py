@@ -119,15 +119,19 @@ class Subscription:
 
     async def serve(self, health_check_s: float) -> None:
         """Return never; raise SubscriptionLost once the connection is gone. A connection that
-        answered nothing, not even a PING, for two health-check intervals is given up."""
+        read nothing since the PING sent one health-check interval ago is given up. (Replies
+        already in the socket are read before this task resumes, so an event-loop stall alone
+        does not count as silence.)"""
         protocol = self._protocol
+        pinged_at: float | None = None
         while True:
             await asyncio.wait([protocol.closed], timeout=health_check_s)
             if protocol.closed.done():
                 protocol.closed.result()  # raises SubscriptionLost
-            if time.monotonic() - protocol.last_read > 2 * health_check_s:
+            if pinged_at is not None and protocol.last_read < pinged_at:
                 protocol.transport.close()
                 raise SubscriptionLost("subscription connection silent")
+            pinged_at = time.monotonic()
             protocol.transport.write(b"*1\r\n$4\r\nPING\r\n")
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -57,10 +58,24 @@ async def test_a_silent_connection_is_given_up(own_redis_server: RedisServer) ->
     serving = asyncio.create_task(subscription.serve(health_check_s=0.2))
     await asyncio.sleep(0.5)
     assert not serving.done()  # PINGs answered: alive
-    own_redis_server.sync_client().execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    own_redis_server.sync_client().execute_command("CLIENT", "PAUSE", 1000, "ALL")
     with pytest.raises(SubscriptionLost, match="silent"):
-        await asyncio.wait_for(serving, 2)
-    own_redis_server.sync_client().execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(serving, 1)
+    await client.aclose()
+
+
+async def test_an_event_loop_stall_alone_does_not_give_up_a_live_connection(
+    redis_url: str,
+) -> None:
+    client, subscription, received = await open_subscription(redis_url, ["a:*"])
+    serving = asyncio.create_task(subscription.serve(health_check_s=0.2))
+    await asyncio.sleep(0.3)  # a PING is out
+    time.sleep(0.7)  # the loop stalls for over three intervals; the PONG waits in the socket
+    await asyncio.sleep(0.5)
+    assert not serving.done()
+    await client.publish("a:1", "still here")
+    await until(lambda: received == [b"still here"])
+    subscription.close()
     await client.aclose()
 
 

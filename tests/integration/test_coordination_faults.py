@@ -19,7 +19,7 @@ from service.coordination import (
     SemaphoreNotFound,
 )
 from service.coordination.remote import acquire_remote, release_remote
-from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.redis_server import RedisServer, queued_ids
 
 pytestmark = pytest.mark.redis
 
@@ -237,14 +237,6 @@ async def test_force_release_frees_the_slot_and_counts_it(redis_url: str) -> Non
 async def redis_ms(client: aioredis.Redis) -> int:
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def queued_ids(client: aioredis.Redis, queue_key: str, count: int) -> list[str]:
-    deadline = time.monotonic() + 10
-    while await client.zcard(queue_key) < count:
-        assert time.monotonic() < deadline, f"never saw {count} waiter(s)"
-        await asyncio.sleep(0.01)
-    return [m.decode() for m in await client.zrange(queue_key, 0, -1)]
 
 
 async def test_a_release_hands_a_grant_to_its_own_processs_waiter_from_the_reply(

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from service.coordination import Coordinator
 from tests.fixtures.procs import LineProcess
+from tests.fixtures.redis_server import queued_ids
 
 pytestmark = pytest.mark.redis
 
@@ -204,13 +205,6 @@ async def redis_ms(client: aioredis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def until_queued(client: aioredis.Redis, queue_key: str, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while await client.zcard(queue_key) < count:
-        assert time.monotonic() < deadline, f"never saw {count} waiter(s)"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_grant_to_a_killed_waiter_lapses_at_its_queue_entry_expiry(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
@@ -226,10 +220,9 @@ async def test_a_grant_to_a_killed_waiter_lapses_at_its_queue_entry_expiry(
     )
     try:
         doomed.wait_for("READY")
-        await until_queued(redis_client, keys.queue, 1)
-        [doomed_id] = [m.decode() for m in await redis_client.zrange(keys.queue, 0, -1)]
+        [doomed_id] = await queued_ids(redis_client, keys.queue, 1)
         behind = asyncio.create_task(c.acquire("dead-waiter", timeout_s=10))
-        await until_queued(redis_client, keys.queue, 2)
+        await queued_ids(redis_client, keys.queue, 2)
         doomed.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         await first.release()  # granted to the head, whose process is gone
@@ -258,7 +251,7 @@ async def test_a_release_tells_only_the_grantees_process(
     keys = holder.keyspace.semaphore("targeted")
     lease = await holder.acquire("targeted", timeout_s=1)
     waiter = asyncio.create_task(waiting.acquire("targeted", timeout_s=5))
-    await until_queued(redis_client, keys.queue, 1)
+    await queued_ids(redis_client, keys.queue, 1)
     assert waiting.dispatcher.token not in (holder.dispatcher.token, bystander.dispatcher.token)
     before = bystander.dispatcher.messages
     await lease.release()

@@ -3,8 +3,9 @@
     1. X-Admin-API-Key equal to CONCURRENT_DOCKER_ADMIN_API_KEY (constant-time) → the server's
        REPLICATE_API_TOKEN, is_admin. A wrong key is 401 `Invalid admin API key`: never a
        fall-through to a lower tier.
-    2. credentials.replicate_api_token in the body → checked against Replicate once per
-       fingerprint (cached inside Upstream); invalid → 401.
+    2. credentials.replicate_api_token in the body → checked against Replicate once per token
+       (cached inside Upstream under a full keyed digest of the token, never the short
+       fingerprint two tokens could share); invalid → 401.
     3. Neither → the server's token, only when ALLOW_ENV_FALLBACK=true; otherwise the seed's 401.
 
 An empty or whitespace-only X-Admin-API-Key header counts as absent: clients of the seed
@@ -62,6 +63,17 @@ def require_admin(settings: Settings, admin_key: str | None) -> None:
         raise Unauthorized(ADMIN_KEY_REQUIRED)
     if not is_admin_key(settings, given):
         raise Unauthorized(INVALID_ADMIN_KEY)
+
+
+def is_admin_caller(settings: Settings, admin_key: str | None) -> bool:
+    """For reads open to anyone that show more to the admin: True with the admin key, False
+    with none; a wrong key is 401 `Invalid admin API key`, never a quiet fall-back."""
+    given = _given(admin_key)
+    if given is None:
+        return False
+    if not is_admin_key(settings, given):
+        raise Unauthorized(INVALID_ADMIN_KEY)
+    return True
 
 
 def _server_token(settings: Settings) -> str | None:

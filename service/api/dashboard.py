@@ -6,11 +6,12 @@ vanilla JS (service/static/dashboard.html) that polls the JSON below.
     GET /dashboard/data   {generated_at, replica_id, redis: {reachable}, semaphores: [...],
                            truncated}
 
-No auth, like GET /global-semaphores/{id}, and it shows less: lease ids are cut to a prefix
-(the lease API renews and releases by id), account semaphores (named by a token fingerprint)
-are not listed, and nothing from a request body or header is shown except a lease's holder
-text, which the page renders as text, never as HTML. With Redis down the page still loads and
-says so (data answers 200 with `reachable: false`).
+No auth, and it shows what GET /global-semaphores/{id} shows without the admin key, or less:
+lease ids and prediction ids are cut to a prefix (a lease id is a handle of the lease API, a
+prediction id names another account's work), account semaphores (named by a token
+fingerprint) are not listed, and nothing from a request body or header is shown except a
+lease's holder text, which the page renders as text, never as HTML. With Redis down the page
+still loads and says so (data answers 200 with `reachable: false`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from service.api import services
+from service.api.semaphores import short_id
 from service.coordination import CoordinationError, SemaphoreView
 
 router = APIRouter()
@@ -35,7 +37,6 @@ MAX_SEMAPHORES = 100
 MAX_HOLDERS = 50
 MAX_WAITERS = 20
 READ_TIMEOUT_S = 2.0
-LEASE_PREFIX = 8
 
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -101,10 +102,10 @@ def _semaphore(view: SemaphoreView, now: float) -> dict[str, Any]:
         "oldest_waiter_s": _age(oldest, now),
         "holders": [
             {
-                "lease": h.lease_id[:LEASE_PREFIX],
+                "lease": short_id(h.lease_id),
                 "replica": h.replica,
                 "purpose": h.purpose,
-                "prediction_id": h.prediction_id,
+                "prediction_id": short_id(h.prediction_id),
                 "held_for_s": _age(h.acquired_at, now),
                 "expires_in_s": h.expires_in_s,
             }

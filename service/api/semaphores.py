@@ -6,6 +6,17 @@ GET    /global-semaphores/{id}    {semaphore_id, limit, in_use, waiting, holders
                                    counters}
 PATCH  /global-semaphores/{id}    {limit} → {semaphore_id, limit, previous_limit}
 DELETE /global-semaphores/{id}    {success, semaphore_id}
+
+GET /global-semaphores/{id} answers anyone, but only the admin key (a wrong one is 401, never
+a quiet fall-back) shows whole ids: without it, each holder's `lease_id` and `prediction_id`
+are cut to their first 8 characters. A lease id is a handle of the lease API and a prediction
+id names another account's work; counts, the queue and who holds what stay visible.
+
+A semaphore declared in GLOBAL_SEMAPHORES belongs to the configuration: every acquire sets its
+limit back to the declared one and re-creates it if it is gone. So POST, PATCH and DELETE of a
+declared id answer 409 naming GLOBAL_SEMAPHORES, rather than a 200 the next acquire silently
+undoes; change the configuration (the same on every replica) and restart to change it. (This
+replica checks its own GLOBAL_SEMAPHORES: a replica configured differently would accept.)
 """
 
 from __future__ import annotations
@@ -18,9 +29,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api import services
+from service.api import Services, services
 from service.api.body import read_json_object
-from service.auth import ADMIN_HEADER, require_admin
+from service.auth import ADMIN_HEADER, is_admin_caller, require_admin
 from service.config import SEMAPHORE_ID_PATTERN
 from service.coordination import (
     CoordinationUnavailable,
@@ -40,6 +51,12 @@ ID_RULE = (
     "or digit"
 )
 LIMIT_RULE = f"must be an integer from 1 to {MAX_LIMIT} (a JSON number, not a string)"
+SHORT_ID_CHARS = 8
+
+
+def short_id(value: str | None) -> str | None:
+    """The first characters of a lease or prediction id: enough to tell holders apart."""
+    return None if value is None else value[:SHORT_ID_CHARS]
 
 
 @contextlib.contextmanager
@@ -84,6 +101,18 @@ def _check_limit(value: object) -> int:
     return value
 
 
+def _refuse_declared(found: Services, semaphore_id: str, consequence: str) -> None:
+    """409 for changing, by API, a semaphore the configuration owns (see the module doc)."""
+    declared = found.coordinator.config.declared.get(semaphore_id)
+    if declared is None:
+        return
+    raise Conflict(
+        f"Semaphore '{semaphore_id}' is declared in GLOBAL_SEMAPHORES (limit {declared}), "
+        f"{consequence}: change GLOBAL_SEMAPHORES on every replica and restart them instead",
+        fields={"semaphore_id": semaphore_id, "declared_limit": declared},
+    )
+
+
 def _check_fields(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
@@ -109,6 +138,7 @@ async def create_semaphore(request: Request) -> JSONResponse:
     _check_fields(data, ("semaphore_id", "limit"))
     semaphore_id = _check_id(data.get("semaphore_id"))
     limit = _check_limit(data.get("limit"))
+    _refuse_declared(found, semaphore_id, "which creates it and sets its limit")
     with _coordination_errors():
         await found.coordinator.registry.create(semaphore_id, limit)
     return JSONResponse(
@@ -118,10 +148,11 @@ async def create_semaphore(request: Request) -> JSONResponse:
 
 @router.get("/global-semaphores/{semaphore_id}")
 async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
-    coordinator = services(request).coordinator
+    found = services(request)
+    full = is_admin_caller(found.settings, request.headers.get(ADMIN_HEADER))
     _check_id(semaphore_id)
     with _coordination_errors():
-        view = await coordinator.registry.view(semaphore_id, detail=True)
+        view = await found.coordinator.registry.view(semaphore_id, detail=True)
     return JSONResponse(
         {
             "semaphore_id": view.semaphore_id,
@@ -130,10 +161,10 @@ async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
             "waiting": view.waiting,
             "holders": [
                 {
-                    "lease_id": h.lease_id,
+                    "lease_id": h.lease_id if full else short_id(h.lease_id),
                     "replica": h.replica,
                     "purpose": h.purpose,
-                    "prediction_id": h.prediction_id,
+                    "prediction_id": h.prediction_id if full else short_id(h.prediction_id),
                     "expires_in_s": h.expires_in_s,
                 }
                 for h in view.holders
@@ -160,6 +191,7 @@ async def set_limit(request: Request, semaphore_id: str) -> JSONResponse:
     data = await read_json_object(request, found.settings.max_body_bytes)
     _check_fields(data, ("limit",))
     limit = _check_limit(data.get("limit"))
+    _refuse_declared(found, semaphore_id, "which sets its limit back on every acquire")
     with _coordination_errors():
         previous = await found.coordinator.registry.set_limit(semaphore_id, limit)
     return JSONResponse({"semaphore_id": semaphore_id, "limit": limit, "previous_limit": previous})
@@ -170,6 +202,7 @@ async def delete_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
     found = services(request)
     require_admin(found.settings, request.headers.get(ADMIN_HEADER))
     _check_id(semaphore_id)
+    _refuse_declared(found, semaphore_id, "which re-creates it on the next acquire")
     with _coordination_errors():
         await found.coordinator.registry.delete(semaphore_id)
     return JSONResponse({"success": True, "semaphore_id": semaphore_id})

@@ -111,6 +111,11 @@ class SemaphoreRegistry:
         return reply
 
     async def delete(self, semaphore_id: str) -> None:
+        """Remove the semaphore, its holders, queue and counters. Waiters are woken and fail
+        with not found; each holder's next renewal reports its lease lost (the renewal only
+        re-creates a missing semaphore while its replica suspects a Redis data loss). A
+        semaphore declared in a replica's configuration comes back on that replica's next
+        acquire: the service refuses to delete those (service.api.semaphores)."""
         keys = self._keyspace.semaphore(semaphore_id, GLOBAL)
         existed = int(
             await guarded(self._scripts.call("delete_semaphore", keys.all, [keys.channel]))
@@ -120,7 +125,10 @@ class SemaphoreRegistry:
             raise SemaphoreNotFound(semaphore_id)
 
     async def force_release(self, semaphore_id: str, lease_id: str, kind: str = GLOBAL) -> bool:
-        """Operator action: free a slot whose holder is stuck. Its holder learns at next renewal."""
+        """Operator action: free a slot whose holder is stuck. Its holder learns at next renewal.
+
+        Counts `force_released` when a live lease (or a queue entry) was removed; the holder's
+        next renewal then counts `lost` as well."""
         keys = self._keyspace.semaphore(semaphore_id, kind)
         reply = await guarded(
             self._scripts.call("release_slot", keys.all, [lease_id, keys.channel, "force_released"])

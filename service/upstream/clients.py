@@ -1,7 +1,9 @@
 """One `replicate.Client` per Replicate account, kept in a bounded LRU cache.
 
 Why a cache: each Client owns an httpx connection pool and there is no public close, so a
-Client per request leaks pools. Why per account: the token is baked into the client's headers.
+Client per request leaks pools. Why per token: the token is baked into the client's headers,
+so the cache is keyed by a full-length digest of it (`token_cache_key`), not by the short
+account fingerprint two tokens could share.
 
 - Built lazily inside the running loop (its AsyncClient binds to the loop it first runs on); an
   entry made on another loop (tests, a restarted loop) is dropped, never reused.
@@ -24,7 +26,7 @@ import httpx
 from replicate.client import Client
 
 from service.errors import Unauthorized, Unavailable
-from service.fingerprint import token_fingerprint
+from service.fingerprint import token_cache_key
 from service.upstream.exchange import record_response
 
 logger = logging.getLogger("service.upstream")
@@ -65,7 +67,9 @@ ResponseObserver = Callable[[str, str, int], None]  # (method, path, status; 0 =
 
 
 class ClientCache:
-    """Bounded LRU of `replicate.Client`, keyed by token fingerprint (never by the token)."""
+    """Bounded LRU of `replicate.Client`, keyed by the token's full keyed digest (never by the
+    token, never by its 64-bit fingerprint: two tokens sharing one must never share a client,
+    since the client carries its token)."""
 
     def __init__(
         self,
@@ -81,7 +85,7 @@ class ClientCache:
         self._max_clients = max_clients
         self._pool_size = pool_size
         self._on_response = on_response
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._closed = False
 
     def __len__(self) -> int:
@@ -123,7 +127,7 @@ class ClientCache:
         if self._closed:
             raise Unavailable("Upstream client is shut down")
         loop = asyncio.get_running_loop()
-        key = token_fingerprint(token)
+        key = token_cache_key(token)
         entry = self._entries.get(key)
         if entry is not None and entry.loop is loop:
             self._entries.move_to_end(key)

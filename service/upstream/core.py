@@ -21,7 +21,7 @@ from pydantic.v1 import ValidationError as ClientValidationError
 from replicate.exceptions import ReplicateError
 
 from service.errors import Unavailable, UpstreamThrottled
-from service.fingerprint import token_fingerprint
+from service.fingerprint import token_cache_key, token_fingerprint
 from service.upstream.clients import ClientCache, ResponseObserver
 from service.upstream.exchange import exchange_scope
 from service.upstream.predictions import CreatedHook, Hook, PredictionRun, Tuning
@@ -92,8 +92,8 @@ class Upstream:
             base_url, max_clients=max_clients, pool_size=pool_size, on_response=on_response
         )
         self._account_ttl_s = account_cache_ttl_s
-        self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
-        self._verifying: dict[str, asyncio.Task[bool]] = {}
+        self._verdicts: OrderedDict[bytes, _Verdict] = OrderedDict()
+        self._verifying: dict[bytes, asyncio.Task[bool]] = {}
 
     def __repr__(self) -> str:
         return f"Upstream({self._clients!r})"
@@ -103,14 +103,16 @@ class Upstream:
         return self._clients
 
     async def verify_token(self, token: str) -> bool:
-        """Is this a valid Replicate token? One GET /v1/account per fingerprint per TTL.
+        """Is this a valid Replicate token? One GET /v1/account per token per TTL.
 
         Valid and invalid (401/403) verdicts are cached; network errors and 5xx raise
         Unavailable and are never cached. Concurrent checks of one token share one request.
+        Verdicts are keyed by the token's full keyed digest, never by its 64-bit fingerprint:
+        a token must never inherit another token's "valid".
         """
         if not token or not token.strip():
             return False
-        key = token_fingerprint(token)
+        key = token_cache_key(token)
         verdict = self._verdicts.get(key)
         if verdict is not None and verdict.expires_at > self._tuning.clock():
             self._verdicts.move_to_end(key)
@@ -157,7 +159,7 @@ class Upstream:
             task.cancel()
         await self._clients.aclose()
 
-    async def _fetch_verdict(self, token: str, key: str) -> bool:
+    async def _fetch_verdict(self, token: str, key: bytes) -> bool:
         async with self._clients.lease(token) as client:
             with exchange_scope() as exchange:
                 try:
@@ -186,10 +188,10 @@ class Upstream:
         while len(self._verdicts) > _MAX_VERDICTS:
             self._verdicts.popitem(last=False)
         if not valid:
-            logger.info("token rejected by Replicate", extra={"account": key})
+            logger.info("token rejected by Replicate", extra={"account": token_fingerprint(token)})
         return valid
 
-    def _verify_done(self, key: str, task: asyncio.Task[bool]) -> None:
+    def _verify_done(self, key: bytes, task: asyncio.Task[bool]) -> None:
         if self._verifying.get(key) is task:
             del self._verifying[key]
         if not task.cancelled():

@@ -321,7 +321,8 @@ async def test_prediction_canceled_upstream_is_502(api: Api, simulator: Simulato
     prediction_id = None
     deadline = time.monotonic() + 10
     while prediction_id is None and time.monotonic() < deadline:
-        holders = (await api.get("/global-semaphores/watch")).json()["holders"]
+        watch = await api.get("/global-semaphores/watch", headers=ADMIN)  # whole ids
+        holders = watch.json()["holders"]
         if holders and holders[0]["prediction_id"]:
             prediction_id = holders[0]["prediction_id"]
         else:

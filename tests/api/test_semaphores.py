@@ -91,7 +91,8 @@ async def test_detail_shows_holders_and_waiters(api: Api) -> None:
         "held", timeout_s=1, holder=coordinator.holder(purpose="test holder")
     )
     try:
-        body = (await api.get("/global-semaphores/held")).json()
+        # Whole lease ids with the admin key (without it: a prefix, test_semaphore_hardening).
+        body = (await api.get("/global-semaphores/held", headers=ADMIN)).json()
         assert body["in_use"] == 1
         [holder] = body["holders"]
         assert set(holder) == {"lease_id", "replica", "purpose", "prediction_id", "expires_in_s"}

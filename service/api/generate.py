@@ -1,4 +1,9 @@
-"""POST /generate and POST /generate-batch: parse → authenticate → generate → the seed's shape.
+"""POST /generate and POST /generate-batch: decode → authenticate → validate → generate → the
+seed's shape.
+
+Authentication comes as early as the body allows: the user-tier token is inside it, so the JSON
+is decoded first, then the caller authenticated, and only then the model input validated. An
+anonymous body is refused (401) without being validated in depth.
 
 The generation runs in its own task, watched by the route: when the caller hangs up (checked
 every few hundred ms, service/api/watch.py), the task is cancelled, which cancels the Replicate
@@ -14,12 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api import services
-from service.api.body import read_json
+from service.api.body import max_json_values, read_json
+from service.api.responses import SafeJSONResponse
 from service.api.watch import until_disconnected
 from service.auth import ADMIN_HEADER, authenticate
 from service.errors import Unavailable
 from service.generation import GeneratedFile, TaskOutcome
-from service.schemas import parse_batch, parse_generate
+from service.schemas import parse_batch_async, parse_generate, request_token
 
 router = APIRouter()
 
@@ -30,17 +36,17 @@ _HANG_UP = "Client closed the request; the generation was cancelled"
 async def generate(request: Request) -> JSONResponse:
     found = services(request)
     body = await read_json(request, found.settings.max_body_bytes)
-    parsed = parse_generate(body)
     caller = await authenticate(
         found.settings,
         found.upstream,
         admin_key=request.headers.get(ADMIN_HEADER),
-        token=parsed.replicate_api_token,
+        token=request_token(body),
     )
+    parsed = parse_generate(body)
     outcome = await until_disconnected(
         request, found, found.generator.generate(caller, parsed), message=_HANG_UP
     )
-    return JSONResponse(
+    return SafeJSONResponse(  # the prediction is paid for: this answer must go out
         {
             "success": True,
             "model_name": parsed.model_name,
@@ -58,14 +64,17 @@ async def generate(request: Request) -> JSONResponse:
 @router.post("/generate-batch")
 async def generate_batch(request: Request) -> JSONResponse:
     found = services(request)
-    body = await read_json(request, found.settings.max_body_bytes)
-    parsed = parse_batch(body, max_tasks=found.settings.max_batch_tasks)
+    settings = found.settings
+    body = await read_json(
+        request, settings.max_body_bytes, max_values=max_json_values(settings.max_batch_tasks)
+    )
     caller = await authenticate(
-        found.settings,
+        settings,
         found.upstream,
         admin_key=request.headers.get(ADMIN_HEADER),
-        token=parsed.replicate_api_token,
+        token=request_token(body),
     )
+    parsed = await parse_batch_async(body, max_tasks=settings.max_batch_tasks)
     # Fail the whole batch fast (503) rather than answer 200 with every task failed.
     if not await found.coordinator.ping():
         raise Unavailable(
@@ -78,7 +87,7 @@ async def generate_batch(request: Request) -> JSONResponse:
     results = [_result(outcome) for outcome in outcomes]
     succeeded = [r for r in results if r["status"] == "succeeded"]
     failed = [r for r in results if r["status"] == "failed"]
-    return JSONResponse(
+    return SafeJSONResponse(
         {
             "success": not failed,
             "model_name": parsed.model_name,

@@ -189,8 +189,8 @@ def _check_timeout(value: object, max_s: float) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
+        or not 0 <= value <= max_s  # before isfinite: an int of 400 digits overflows a float
         or not math.isfinite(value)
-        or not 0 <= value <= max_s
     ):
         shown = (
             repr(value) if isinstance(value, int | float) and not isinstance(value, bool) else ""

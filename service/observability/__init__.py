@@ -6,6 +6,7 @@
     logs.py         configure_logging: JSON lines, request id ContextVar, redaction (stdlib only,
                     so `python -m service` can configure logging before anything heavy loads)
     middleware.py   ObservabilityMiddleware (pure ASGI): X-Request-ID, request metrics, access log
+    loop_lag.py     LoopLagMonitor: event-loop lag samples for the metrics, a WARNING per stall
 
 Import from the submodules; this package imports nothing on purpose.
 """

@@ -14,7 +14,9 @@ from service.schemas.requests import (
     GenerateRequest,
     TaskRequest,
     parse_batch,
+    parse_batch_async,
     parse_generate,
+    request_token,
 )
 
 __all__ = [
@@ -29,5 +31,7 @@ __all__ = [
     "QwenImageInput",
     "TaskRequest",
     "parse_batch",
+    "parse_batch_async",
     "parse_generate",
+    "request_token",
 ]

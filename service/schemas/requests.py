@@ -27,6 +27,24 @@ Decisions where the seed is silent:
   with the structured list in `fields["details"]` ([{field, rule}]). A problem in a top-level
   default is reported once, under its top-level name.
 - Values are echoed only when short (numbers, booleans, strings up to 32 characters).
+
+Cost (a body is parsed before authentication can refuse it, so an anonymous caller controls it):
+rejecting a body costs a bounded amount per key, whatever it holds.
+
+- Unknown parameters are found by set difference against the model's parameter names before
+  pydantic sees the rest, so pydantic never builds one error per unknown key, and a batch's
+  unknown top-level keys are reported once instead of once per task.
+- Only the problems that can be shown are built: the first MAX_DETAILS in full, the rest only
+  counted; "did you mean" (difflib, the costly part) is asked only for the MAX_LISTED_PROBLEMS
+  messages that are listed.
+- A batch's known top-level parameters are still merged into each task and validated with it:
+  kontext's rules (match_input_image, safety_tolerance with an input_image) depend on the task's
+  own fields. That is at most one value per model parameter per task.
+- `parse_batch_async` validates task by task and lets the event loop run between tasks
+  (service.schemas.cooperative): a batch of MAX_BATCH_TASKS large tasks takes a while, but
+  never holds the loop for long.
+- `request_token` reads only the credentials, so a route can authenticate before validating
+  the model input.
 """
 
 from __future__ import annotations
@@ -34,7 +52,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +61,14 @@ from pydantic import SecretStr, ValidationError
 from service.config import SEMAPHORE_ID_PATTERN
 from service.errors import BadRequest, ModelNotSupported
 from service.filenames import validate_output_filename
-from service.schemas.models import MODELS, SUPPORTED_MODELS, ModelSpec
+from service.schemas.cooperative import Steps, finish, finish_async
+from service.schemas.models import MODELS, SUPPORTED_MODELS, ModelInput, ModelSpec
 
 MAX_TOKEN_CHARS = 512
 MAX_LISTED_PROBLEMS = 10
 MAX_DETAILS = 50
+# "did you mean" is only useful in the listed messages, and difflib is the costly part.
+MAX_SUGGESTIONS = MAX_LISTED_PROBLEMS
 
 _SEMAPHORE_ID_RE = re.compile(SEMAPHORE_ID_PATTERN)
 _TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_CHARS}}}")
@@ -103,6 +124,15 @@ class _Problem:
     message: str
 
 
+def request_token(body: object) -> SecretStr | None:
+    """The user-tier token of a /generate or /generate-batch body (checked for form only).
+
+    Read before anything else is validated, so that the route can authenticate first and an
+    anonymous caller's body is never validated in depth.
+    """
+    return _token(_require_object(body))
+
+
 def parse_generate(
     body: object, *, supported: Collection[str] = SUPPORTED_MODELS
 ) -> GenerateRequest:
@@ -116,11 +146,12 @@ def parse_generate(
         raise BadRequest("Missing required field: prompt")
 
     params = {k: v for k, v in data.items() if k not in GENERATE_SERVICE_KEYS}
-    try:
-        model = spec.input_model.model_validate(params)
-    except ValidationError as exc:
-        problems = _problems_from(exc, spec, lambda key: key)
-        raise _bad_request(problems) from None
+    problems = _Problems(spec)
+    known, unknown = _split_known(params, spec)
+    model = _validate(spec, known, lambda key: key, problems)
+    problems.add_unknown(unknown)
+    if problems or model is None:
+        raise problems.error()
     return GenerateRequest(
         model_name=spec.name,
         spec=spec,
@@ -136,6 +167,17 @@ def parse_batch(
     body: object, *, max_tasks: int, supported: Collection[str] = SUPPORTED_MODELS
 ) -> BatchRequest:
     """Validate a decoded /generate-batch body (tasks form or legacy prompts form)."""
+    return finish(_batch_steps(body, max_tasks, supported))
+
+
+async def parse_batch_async(
+    body: object, *, max_tasks: int, supported: Collection[str] = SUPPORTED_MODELS
+) -> BatchRequest:
+    """`parse_batch`, letting the event loop run between tasks (for the route)."""
+    return await finish_async(_batch_steps(body, max_tasks, supported))
+
+
+def _batch_steps(body: object, max_tasks: int, supported: Collection[str]) -> Steps[BatchRequest]:
     data = _require_object(body)
     spec = _resolve_model(data, supported)
     semaphore_id = _semaphore_id(data)
@@ -156,7 +198,7 @@ def parse_batch(
             "task an output_filename"
         )
 
-    problems: list[_Problem] = []
+    problems = _Problems(spec)
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         if key in BATCH_SERVICE_KEYS:
@@ -164,16 +206,22 @@ def parse_batch(
         if key in ("prompt", "output_filename"):
             where = "each task" if has_tasks else "'prompts' / 'custom_filenames'"
             rule = f"belongs in {where}, not at the top level of a batch"
-            problems.append(_Problem(key, rule, f"Invalid field '{key}': {rule}"))
+            problems.add(_Problem(key, rule, f"Invalid field '{key}': {rule}"))
         else:
             defaults[key] = value
+    known_defaults, unknown_defaults = _split_known(defaults, spec)
+    yield
 
     if has_tasks:
-        tasks = _parse_tasks(data["tasks"], defaults, spec, max_tasks, problems)
+        tasks = yield from _parse_tasks(
+            data["tasks"], known_defaults, unknown_defaults, spec, max_tasks, problems
+        )
     else:
-        tasks = _parse_legacy(data, defaults, spec, max_tasks, problems)
+        tasks = yield from _parse_legacy(
+            data, known_defaults, unknown_defaults, spec, max_tasks, problems
+        )
     if problems:
-        raise _bad_request(problems)
+        raise problems.error()
     return BatchRequest(
         model_name=spec.name,
         spec=spec,
@@ -187,10 +235,11 @@ def parse_batch(
 def _parse_tasks(
     items: object,
     defaults: dict[str, Any],
+    unknown_defaults: list[str],
     spec: ModelSpec,
     max_tasks: int,
-    problems: list[_Problem],
-) -> list[TaskRequest]:
+    problems: _Problems,
+) -> Steps[list[TaskRequest]]:
     task_list = _require_list(items, "tasks", "a list of task objects", max_tasks)
     for index, task in enumerate(task_list):
         if not isinstance(task, dict):
@@ -209,28 +258,32 @@ def _parse_tasks(
             if key in BATCH_SERVICE_KEYS:
                 rule = "set once at the top level of the batch, not per task"
                 name = f"{prefix}.{key}"
-                problems.append(_Problem(name, rule, f"Invalid field '{name}': {rule}"))
+                problems.add(_Problem(name, rule, f"Invalid field '{name}': {rule}"))
                 continue
             own[key] = value
+        own_known, own_unknown = _split_known(own, spec)
 
         def where(key: str, own: dict[str, Any] = own, prefix: str = prefix) -> str:
             return f"{prefix}.{key}" if key in own else key
 
-        task_request = _validate_task(
-            index, {**defaults, **own}, output_filename, spec, where, problems
-        )
-        if task_request is not None:
-            results.append(task_request)
+        model = _validate(spec, {**defaults, **own_known}, where, problems)
+        if index == 0:  # the top-level unknowns once, where the first task would report them
+            problems.add_unknown(unknown_defaults)
+        problems.add_unknown(own_unknown, prefix)
+        if model is not None:
+            results.append(_task(index, model, output_filename))
+        yield
     return results
 
 
 def _parse_legacy(
     data: dict[str, Any],
     defaults: dict[str, Any],
+    unknown_defaults: list[str],
     spec: ModelSpec,
     max_tasks: int,
-    problems: list[_Problem],
-) -> list[TaskRequest]:
+    problems: _Problems,
+) -> Steps[list[TaskRequest]]:
     prompts = _require_list(data["prompts"], "prompts", "a list of strings", max_tasks)
     for index, prompt in enumerate(prompts):
         if _is_blank(prompt):
@@ -261,27 +314,35 @@ def _parse_legacy(
         def where(key: str, index: int = index) -> str:
             return f"prompts[{index}]" if key == "prompt" else key
 
-        task_request = _validate_task(
-            index, {**defaults, "prompt": prompt}, name, spec, where, problems
-        )
-        if task_request is not None:
-            results.append(task_request)
+        model = _validate(spec, {**defaults, "prompt": prompt}, where, problems)
+        if index == 0:
+            problems.add_unknown(unknown_defaults)
+        if model is not None:
+            results.append(_task(index, model, name))
+        yield
     return results
 
 
-def _validate_task(
-    index: int,
-    params: dict[str, Any],
-    output_filename: str | None,
-    spec: ModelSpec,
-    where: _FieldNamer,
-    problems: list[_Problem],
-) -> TaskRequest | None:
+def _split_known(params: dict[str, Any], spec: ModelSpec) -> tuple[dict[str, Any], list[str]]:
+    """The model's parameters, and the other keys (in body order)."""
+    names = spec.parameter_names
+    known = {k: v for k, v in params.items() if k in names}
+    unknown = [k for k in params if k not in names] if len(known) < len(params) else []
+    return known, unknown
+
+
+def _validate(
+    spec: ModelSpec, params: dict[str, Any], where: _FieldNamer, problems: _Problems
+) -> ModelInput | None:
+    """Validate model parameters (known keys only); problems go to `problems`."""
     try:
-        model = spec.input_model.model_validate(params)
+        return spec.input_model.model_validate(params)
     except ValidationError as exc:
-        problems.extend(_problems_from(exc, spec, where))
+        problems.add_validation_errors(exc, where)
         return None
+
+
+def _task(index: int, model: ModelInput, output_filename: str | None) -> TaskRequest:
     return TaskRequest(
         index=index,
         prompt=model.prompt,
@@ -377,40 +438,80 @@ def _is_blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-# --- turning pydantic errors into one message ------------------------------------------------
+# --- turning problems into one message --------------------------------------------------------
 
 
-def _problems_from(exc: ValidationError, spec: ModelSpec, where: _FieldNamer) -> list[_Problem]:
-    problems: list[_Problem] = []
-    for error in exc.errors(include_url=False):
-        loc = error["loc"]
-        head = _short(str(loc[0]), 64) if loc else ""
-        name = where(head) if loc else "input"
-        for part in loc[1:]:
-            name += f"[{part}]" if isinstance(part, int) else f".{_short(str(part), 64)}"
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            rule = f"not a parameter of {spec.name}"
-            hint = _suggest(head, spec)
-            message = f"Unknown parameter '{name}' ({rule}{hint})"
-        elif kind == "missing":
-            rule = "required"
-            message = f"Missing required field: {name}"
+class _Problems:
+    """The problems of one body, in the order found, each (field, rule, message) once.
+
+    Only what can be shown is built: the first MAX_DETAILS problems are kept, later ones only
+    counted; a suggestion is computed only for a message that will be listed.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._spec = spec
+        self._kept: list[_Problem] = []
+        self._seen: set[_Problem] = set()
+        self._not_kept = 0
+        self._suggestions_left = MAX_SUGGESTIONS
+
+    def __bool__(self) -> bool:
+        return bool(self._kept)
+
+    def add(self, problem: _Problem) -> None:
+        if problem in self._seen:
+            return
+        self._seen.add(problem)
+        if len(self._kept) < MAX_DETAILS:
+            self._kept.append(problem)
         else:
-            rule = error["msg"]
-            message = f"Invalid parameter '{name}': {rule}{_got(error.get('input'))}"
-        problems.append(_Problem(name, rule, message))
-    return problems
+            self._not_kept += 1
 
+    def add_unknown(self, keys: list[str], prefix: str = "") -> None:
+        """Unknown parameters of one object (`prefix` names it: "tasks[2]", "" for the top
+        level). Each is reported once by construction, so those past MAX_DETAILS are counted
+        without being built."""
+        for position, key in enumerate(keys):
+            if len(self._kept) >= MAX_DETAILS:
+                self._not_kept += len(keys) - position
+                return
+            short = _short(key, 64)
+            self.add(self._unknown(f"{prefix}.{short}" if prefix else short, short))
 
-def _bad_request(problems: Iterable[_Problem]) -> BadRequest:
-    unique = list(dict.fromkeys(problems))  # one report per (field, rule), first seen first
-    listed = [p.message for p in unique[:MAX_LISTED_PROBLEMS]]
-    more = len(unique) - len(listed)
-    if more:
-        listed.append(f"and {more} more problem{'s' if more > 1 else ''}")
-    details = [{"field": p.field, "rule": p.rule} for p in unique[:MAX_DETAILS]]
-    return BadRequest("; ".join(listed), fields={"details": details})
+    def add_validation_errors(self, exc: ValidationError, where: _FieldNamer) -> None:
+        for error in exc.errors(include_url=False):
+            loc = error["loc"]
+            head = _short(str(loc[0]), 64) if loc else ""
+            name = where(head) if loc else "input"
+            for part in loc[1:]:
+                name += f"[{part}]" if isinstance(part, int) else f".{_short(str(part), 64)}"
+            kind = error["type"]
+            if kind == "extra_forbidden":  # not reached (unknown keys never reach pydantic)
+                self.add(self._unknown(name, head))
+                continue
+            if kind == "missing":
+                rule = "required"
+                message = f"Missing required field: {name}"
+            else:
+                rule = error["msg"]
+                message = f"Invalid parameter '{name}': {rule}{_got(error.get('input'))}"
+            self.add(_Problem(name, rule, message))
+
+    def _unknown(self, name: str, key: str) -> _Problem:
+        rule = f"not a parameter of {self._spec.name}"
+        hint = ""
+        if len(self._kept) < MAX_LISTED_PROBLEMS and self._suggestions_left > 0:
+            self._suggestions_left -= 1
+            hint = _suggest(key, self._spec)
+        return _Problem(name, rule, f"Unknown parameter '{name}' ({rule}{hint})")
+
+    def error(self) -> BadRequest:
+        listed = [p.message for p in self._kept[:MAX_LISTED_PROBLEMS]]
+        more = len(self._kept) + self._not_kept - len(listed)
+        if more:
+            listed.append(f"and {more} more problem{'s' if more > 1 else ''}")
+        details = [{"field": p.field, "rule": p.rule} for p in self._kept]
+        return BadRequest("; ".join(listed), fields={"details": details})
 
 
 def _suggest(key: str, spec: ModelSpec) -> str:

@@ -2,7 +2,10 @@
 them to its own errors at its boundary, another service may catch them directly.
 
     CoordinationError
-    ├── CoordinationUnavailable   Redis cannot be reached or answered too slowly (fail closed)
+    ├── CoordinationUnavailable   Redis cannot be used: unreachable, too slow, out of memory,
+    │   │                         read-only, loading... (fail closed; `reason` says which)
+    │   └── CoordinationSaturated this replica's Redis connections all stayed busy for the whole
+    │                             pool wait (back-pressure: Redis itself may be healthy)
     ├── SemaphoreNotFound         no semaphore with that id
     ├── SemaphoreExists           create() of an id that exists
     ├── InvalidLimit              limit < 1 or not an integer
@@ -18,8 +21,41 @@ class CoordinationError(Exception):
 
 
 class CoordinationUnavailable(CoordinationError):
-    def __init__(self, message: str = "Redis is unreachable; no limit can be checked") -> None:
-        super().__init__(message)
+    """No limit can be checked, so nothing is admitted (fail closed).
+
+    `reason` (also the message) is one sentence for the people who see it, an API caller or an
+    operator: what is wrong, without redis-py's wording, e.g. "Redis is out of memory".
+    `detail` is what redis-py said, for logs (the redis-py exception is also the `__cause__`).
+    `retry_after_s` is a hint for the caller's next try."""
+
+    def __init__(
+        self,
+        reason: str = "Redis is unreachable",
+        *,
+        detail: str = "",
+        retry_after_s: float = 5.0,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+class CoordinationSaturated(CoordinationUnavailable):
+    """Every connection of this process's pool stayed busy for the whole pool wait.
+
+    Redis may be healthy: this process has more Redis calls in flight than its pool holds
+    (REDIS_MAX_CONNECTIONS), or Redis answers slowly. Still fail closed, but a caller may try
+    again soon, or on another replica."""
+
+    def __init__(self, *, max_connections: int, waited_s: float) -> None:
+        super().__init__(
+            f"This replica is saturated: all {max_connections} of its Redis connections stayed "
+            f"busy for {waited_s:g}s",
+            retry_after_s=1.0,
+        )
+        self.max_connections = max_connections
+        self.waited_s = waited_s
 
 
 class SemaphoreNotFound(CoordinationError):

@@ -8,6 +8,7 @@ async def test_y(make_api):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 import redis
 from fastapi import FastAPI
 
@@ -22,6 +24,7 @@ from service.api import Services
 from service.app import create_app
 from service.config import Settings
 from service.coordination import KeySpace
+from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.simulator import SimulatorHandle
 
 SERVER_TOKEN = "r8_server_token_api_tests_5bd1e0"
@@ -120,4 +123,63 @@ def make_api(redis_url: str, simulator: SimulatorHandle) -> MakeApi:
 @pytest.fixture
 async def api(make_api: MakeApi) -> AsyncIterator[Api]:
     async with make_api() as running:
+        yield running
+
+
+# -- one app per module, for modules whose tests only send requests and read the answers ------
+#
+# pytestmark = pytest.mark.asyncio(loop_scope="module")   # the apps live on the module's loop
+#
+# @pytest.fixture
+# def api(shared_api: Api) -> Api: return shared_api
+#
+# @pytest.fixture
+# def make_api(shared_make_api: MakeApi) -> MakeApi: return shared_make_api
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_make_api(
+    module_redis_server: RedisServer, module_simulator: SimulatorHandle
+) -> AsyncIterator[MakeApi]:
+    """Like `make_api`, but one running app per distinct set of overrides, started on first
+    use and stopped with the module, on a Redis and a simulator of the module's own."""
+    redis_url = module_redis_server.url
+    mark_store_known(redis_url)
+    running: dict[str, Api] = {}
+    stops: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def serve(settings: Settings, started: asyncio.Future[Api], stop: asyncio.Event) -> None:
+        async with running_api(settings) as api:
+            started.set_result(api)
+            await stop.wait()
+
+    @contextlib.asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[Api]:
+        key = repr(sorted(overrides.items()))
+        if key not in running:
+            settings = settings_for(redis_url, module_simulator.base_url, **overrides)
+            started: asyncio.Future[Api] = asyncio.get_running_loop().create_future()
+            stop = asyncio.Event()
+            # The app's lifespan runs in a task of its own: entered and left in the same task.
+            task = asyncio.create_task(serve(settings, started, stop))
+            stops.append((stop, task))
+            either: set[asyncio.Future[Any]] = {started, task}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not started.done():
+                task.result()  # the app failed to start: raise why
+            running[key] = started.result()
+        yield running[key]
+
+    try:
+        yield make
+    finally:
+        for stop, _ in stops:
+            stop.set()
+        await asyncio.gather(*(task for _, task in stops))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_api(shared_make_api: MakeApi) -> AsyncIterator[Api]:
+    """The module's app with the default test settings (see shared_make_api)."""
+    async with shared_make_api() as running:
         yield running

@@ -12,7 +12,20 @@ import pytest
 
 from tests.api.conftest import ADMIN, Api, MakeApi, flux
 
-pytestmark = pytest.mark.redis
+# One app per set of settings for the whole module (the tests only send requests and read the
+# answers), on the module's event loop.
+pytestmark = [pytest.mark.redis, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture
+def api(shared_api: Api) -> Api:
+    return shared_api
+
+
+@pytest.fixture
+def make_api(shared_make_api: MakeApi) -> MakeApi:
+    return shared_make_api
+
 
 JSON = {"Content-Type": "application/json"}
 ENDPOINTS = ["/generate", "/generate-batch"]

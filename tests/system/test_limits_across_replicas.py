@@ -11,6 +11,13 @@ from tests.system.helpers import create_semaphore, max_overlap, post_all, semaph
 pytestmark = [pytest.mark.system, pytest.mark.redis]
 
 
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The cluster the system tests share (tests/system/conftest.py): reset before each test,
+    replicas a test killed or stopped run again; each test uses semaphores of its own."""
+    return shared_cluster
+
+
 def body(prompt: str, **extra: object) -> dict[str, object]:
     return {"model_name": "flux-dev", "prompt": prompt, **extra}
 

@@ -1,7 +1,8 @@
 """The deployment files keep their invariants: Dockerfile, .dockerignore, docker-compose.yml and
-deploy/nginx.conf. No Docker engine is needed: the files are read as text, and the compose file
-is also parsed with PyYAML when that is installed. PyYAML is not a project dependency, so the
-structural compose checks skip without it; the text-level checks below them always run."""
+deploy/nginx.conf. No Docker engine is needed: the Dockerfile and nginx.conf are parsed from
+text, the compose file with PyYAML (a dev dependency, not a runtime one: the compose checks skip
+without it). The checks are about behaviour (what runs, what reaches the build, what the
+settings and the proxy agree on), not about the files' wording."""
 
 from __future__ import annotations
 
@@ -36,10 +37,6 @@ SEED_VARS = (
     "REPLICATE_REQUESTS_PER_MINUTE",
 )
 SECRET_VARS = ("REPLICATE_API_TOKEN", "CONCURRENT_DOCKER_ADMIN_API_KEY")
-DEMO_COMMAND = (
-    "REPLICATE_BASE_URL=http://simulator:8100 REPLICATE_API_TOKEN=r8_demo "
-    "ALLOW_ENV_FALLBACK=true docker compose --profile demo up"
-)
 
 
 def setting_default(name: str) -> Any:
@@ -98,10 +95,6 @@ def exec_form(args: str) -> list[str]:
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
-
-
-def test_base_image_is_slim_python_312() -> None:
-    assert instructions_named("FROM") == ["python:3.12-slim"]
 
 
 def test_python_environment() -> None:
@@ -318,22 +311,7 @@ def test_nginx_forwards_the_request_id() -> None:
     assert any(h.split()[0].lower() == "x-request-id" for h in headers)
 
 
-# --- docker-compose.yml: text-level checks (always run) ----------------------------------------
-
-
-def test_compose_text_keeps_the_essentials() -> None:
-    assert DEMO_COMMAND in COMPOSE.read_text(), "the header must show how to run the demo"
-    text = re.sub(r"(^|\s)#[^\n]*", "", COMPOSE.read_text())  # comments dropped
-    for needle in ("redis:7-alpine", "noeviction", "everysec", "service_healthy", "redis-cli ping"):
-        assert needle in text
-    assert re.search(r"^\s+replicas:\s*3\s*$", text, re.MULTILINE)
-    assert "container_name" not in text
-    assert "REPLICA_ID" not in text, "each replica derives its own id"
-    for name in SEED_VARS:
-        assert re.search(rf"^\s+{name}:", text, re.MULTILINE), f"{name} is not passed"
-
-
-# --- docker-compose.yml: structure (needs PyYAML) --------------------------------------------
+# --- docker-compose.yml (parsed with PyYAML) --------------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Replicate endpoints (`/v1/...`): what the official client talks to.
 
 Order of checks on every call: authentication (401) → injected fault → rate limit (429)
-→ lookup (404) → body and input validation (400/422) → answer.
+→ lookup (404) → body, `Cancel-After` and input validation (400/422) → answer.
 """
 
 from __future__ import annotations
@@ -20,11 +20,18 @@ from service.simulator.auth import authenticate
 from service.simulator.catalog import MODEL_BODY, MODELS, VERSION_BODY, ModelSpec
 from service.simulator.connection import drop_connection
 from service.simulator.faults import FaultKind
+from service.simulator.listing import ListError, ListQuery, list_page, page_url
 from service.simulator.ratelimit import RateDecision
 from service.simulator.runtime import SimulatorRuntime
-from service.simulator.validation import ROOT, check_object
+from service.simulator.validation import ROOT, InvalidField, check_object
 
 _WAIT_RE = re.compile(r"^wait(?:=(\d+))?$")
+_BARE_SECONDS_RE = re.compile(r"\d+(?:\.\d+)?")
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+CANCEL_AFTER = "Cancel-After"
+MIN_CANCEL_AFTER_S = 5.0
 
 
 def parse_prefer_wait(header: str | None, max_wait_s: int) -> int | None:
@@ -38,6 +45,34 @@ def parse_prefer_wait(header: str | None, max_wait_s: int) -> int | None:
         seconds = int(match.group(1)) if match.group(1) else max_wait_s
         return min(seconds, max_wait_s) if seconds >= 1 else None
     return None
+
+
+def parse_duration_s(text: str) -> float | None:
+    """`30s`, `5m`, `1h30m`, `1.5h`, `250ms` (Go's units from h down to ms) or a bare number of
+    seconds → seconds; None when malformed."""
+    text = text.strip()
+    if _BARE_SECONDS_RE.fullmatch(text):
+        return float(text)
+    if not _DURATION_RE.fullmatch(text):
+        return None
+    return sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART_RE.findall(text))
+
+
+def check_cancel_after(header: str | None) -> tuple[float | None, list[InvalidField]]:
+    """Seconds from creation to the prediction's deadline (None without the header), or the
+    problem to answer 422 with (malformed, or under Replicate's 5 s minimum)."""
+    if header is None:
+        return None, []
+    seconds = parse_duration_s(header)
+    if seconds is None:
+        description = (
+            f"Does not match format 'duration' (such as 30s, 5m or 1h30m), given: {header!r}"
+        )
+        return None, [InvalidField("format", CANCEL_AFTER, description)]
+    if seconds < MIN_CANCEL_AFTER_S:
+        description = f"Must be greater than or equal to {MIN_CANCEL_AFTER_S:g}s"
+        return None, [InvalidField("number_gte", CANCEL_AFTER, description)]
+    return seconds, []
 
 
 def rate_headers(decision: RateDecision) -> dict[str, str]:
@@ -107,7 +142,9 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         if not isinstance(body, dict):
             counters.count_create_error("400")
             return responses.bad_request("Request body must be a JSON object", headers)
+        cancel_after_s, header_problems = check_cancel_after(request.headers.get(CANCEL_AFTER))
         problems = check_object(MODEL_BODY if model_name else VERSION_BODY, body, ROOT)
+        problems += header_problems
         if problems:
             counters.count_create_error("422")
             return responses.validation_failed(problems, headers)
@@ -120,7 +157,7 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         if problems:
             counters.count_create_error("422")
             return responses.validation_failed(problems, headers)
-        return await start(request, model, body["input"], token_fp, headers)
+        return await start(request, model, body["input"], token_fp, headers, cancel_after_s)
 
     async def start(
         request: Request,
@@ -128,6 +165,7 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         model_input: dict[str, Any],
         token_fp: str,
         headers: dict[str, str],
+        cancel_after_s: float | None,
     ) -> Response:
         config = runtime.config
         now = runtime.clock()
@@ -141,6 +179,7 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
             fail_fraction=runtime.faults.fail_fraction,
             fail_message=runtime.faults.fail_message,
             slow_start_s=runtime.faults.slow_start_s,
+            cancel_after_s=cancel_after_s,
         )
         wait_s = parse_prefer_wait(request.headers.get("prefer"), config.max_wait_s)
         if wait_s is None:
@@ -183,6 +222,35 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         body = prediction.to_json(runtime.clock(), runtime.config.output_ttl_s)
         return responses.json_response(body, 200, headers)
 
+    async def list_predictions(request: Request) -> Response:
+        """One page of the caller's predictions, newest first (listing.py)."""
+        token_fp = caller(request)
+        if isinstance(token_fp, Response):
+            return token_fp
+        runtime.store.counters_for(token_fp).list_requests += 1
+        fault = runtime.faults.take_list()
+        if fault is not None:
+            return fault_response(fault)
+        decision = runtime.take_rate(token_fp, "other")
+        headers = rate_headers(decision)
+        if not decision.allowed:
+            return responses.throttled(decision.reset_s, headers)
+        params = request.query_params
+        try:
+            page = list_page(runtime.store.owned_by(token_fp), ListQuery.parse(params))
+        except ListError as exc:
+            if exc.status == 404:
+                return responses.json_response({"detail": exc.detail, "status": 404}, 404, headers)
+            return responses.bad_request(exc.detail, headers)
+        now, ttl_s = runtime.clock(), runtime.config.output_ttl_s
+        url = public_base_url(runtime, request) + "/v1/predictions"
+        body = {
+            "previous": page_url(url, params.multi_items(), page.previous_cursor),
+            "next": page_url(url, params.multi_items(), page.next_cursor),
+            "results": [p.to_json(now, ttl_s, listed=True) for p in page.items],
+        }
+        return responses.json_response(body, 200, headers)
+
     async def cancel_prediction(request: Request) -> Response:
         token_fp = caller(request)
         if isinstance(token_fp, Response):
@@ -221,6 +289,7 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
     return [
         Route("/v1/models/{owner}/{name}/predictions", create_for_model, methods=["POST"]),
         Route("/v1/predictions", create_by_version, methods=["POST"]),
+        Route("/v1/predictions", list_predictions, methods=["GET"]),
         Route("/v1/predictions/{prediction_id}", get_prediction, methods=["GET"]),
         Route("/v1/predictions/{prediction_id}/cancel", cancel_prediction, methods=["POST"]),
         Route("/v1/account", get_account, methods=["GET"]),

@@ -27,6 +27,8 @@ class FaultState:
     create_5xx: int = 0  # next K creates answer status_5xx
     get_429: int = 0  # next K prediction GETs answer 429 (the client retries these)
     get_5xx: int = 0  # next K prediction GETs answer status_5xx
+    list_429: int = 0  # next K list pages (GET /v1/predictions) answer 429 (client retries)
+    list_5xx: int = 0  # next K list pages (GET /v1/predictions) answer status_5xx
     drop_connections: int = 0  # next K creates: socket closed without a response
     status_5xx: int = 500
     retry_after_s: int = 1
@@ -68,12 +70,30 @@ class FaultState:
             return self._served("get_5xx", FaultKind.SERVER_ERROR)
         return None
 
+    def take_list(self) -> FaultKind | None:
+        """The fault for the next list page (GET /v1/predictions), if any (consumes one count)."""
+        if self.list_429 > 0:
+            self.list_429 -= 1
+            return self._served("list_429", FaultKind.THROTTLE)
+        if self.list_5xx > 0:
+            self.list_5xx -= 1
+            return self._served("list_5xx", FaultKind.SERVER_ERROR)
+        return None
+
     def _served(self, name: str, kind: FaultKind) -> FaultKind:
         self.served[name] = self.served.get(name, 0) + 1
         return kind
 
 
-_COUNTS = ("create_429", "create_5xx", "get_429", "get_5xx", "drop_connections")
+_COUNTS = (
+    "create_429",
+    "create_5xx",
+    "get_429",
+    "get_5xx",
+    "list_429",
+    "list_5xx",
+    "drop_connections",
+)
 _SECONDS = ("slow_start_s", "create_delay_s", "get_delay_s")
 
 

@@ -1,7 +1,8 @@
 """What the upstream saw, for tests and benchmarks: `GET /_sim/stats`.
 
-"In flight" means created and not yet terminal (succeeded, failed or canceled); the maximum
-is exact, computed by sweeping every [created_at, ended_at) interval.
+"In flight" means created and not yet terminal (succeeded, failed, canceled or aborted); the
+maximum is exact, computed by sweeping every [created_at, ended_at) interval, which ends at the
+`Cancel-After` deadline when that comes first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from service.simulator.prediction import SimPrediction
 from service.simulator.store import PredictionStore, TokenCounters
 
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
+FINAL_STATUSES = ("succeeded", "failed", "canceled", "aborted")
 
 
 def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
@@ -50,12 +51,14 @@ def _counters(counters: Iterable[TokenCounters]) -> dict[str, Any]:
     total = TokenCounters()
     for item in counters:
         total.get_requests += item.get_requests
+        total.list_requests += item.list_requests
         total.cancels += item.cancels
         total.account_requests += item.account_requests
         for cause, count in item.create_errors.items():
             total.create_errors[cause] = total.create_errors.get(cause, 0) + count
     return {
         "get_requests": total.get_requests,
+        "list_requests": total.list_requests,
         "cancels": total.cancels,
         "account_requests": total.account_requests,
         "create_errors": total.create_errors,
@@ -80,6 +83,7 @@ def build_stats(
             **_counters([counters] if counters else []),
             "prediction_ids": [p.id for p in predictions],
             "created_at": [p.created_at for p in predictions],
+            "deadlines": [p.deadline_at for p in predictions],  # Cancel-After; None without
             "intervals": [
                 [p.created_at, p.ended_at if p.is_terminal(now) else None] for p in predictions
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ class TokenCounters:
     """Requests of one token that did not create a prediction."""
 
     get_requests: int = 0
+    list_requests: int = 0  # GET /v1/predictions (every page is one)
     cancels: int = 0
     account_requests: int = 0
     # Create requests that ended in an error, by cause: "404", "422", "429", "5xx", "dropped", ...
@@ -31,6 +33,7 @@ class PredictionStore:
         self._rng = rng
         self.predictions: dict[str, SimPrediction] = {}
         self.counters: dict[str, TokenCounters] = {}
+        self._seq = itertools.count(1)
 
     def counters_for(self, token_fp: str) -> TokenCounters:
         return self.counters.setdefault(token_fp, TokenCounters())
@@ -47,8 +50,12 @@ class PredictionStore:
         fail_fraction: float,
         fail_message: str,
         slow_start_s: float,
+        cancel_after_s: float | None = None,
     ) -> SimPrediction:
-        """Plan and store a new prediction (its whole timeline is drawn now)."""
+        """Plan and store a new prediction (its whole timeline is drawn now).
+
+        `cancel_after_s` (the `Cancel-After` header) sets its deadline, counted from `now`.
+        """
         mean_s = config.latency_for(model.name)
         jitter = config.jitter_fraction
         total_s = max(0.0, mean_s * (1 + self._rng.uniform(-jitter, jitter)))
@@ -69,6 +76,8 @@ class PredictionStore:
             start_at=now + queue_s,
             end_at=now + total_s + slow_start_s,
             error=fail_message if failed else None,
+            deadline_at=now + cancel_after_s if cancel_after_s is not None else None,
+            seq=next(self._seq),
         )
         self.predictions[prediction.id] = prediction
         return prediction
@@ -79,6 +88,10 @@ class PredictionStore:
         if prediction is None or (token_fp is not None and prediction.token_fp != token_fp):
             return None
         return prediction
+
+    def owned_by(self, token_fp: str) -> list[SimPrediction]:
+        """Every prediction of that token's account (GET /v1/predictions lists only these)."""
+        return [p for p in self.predictions.values() if p.token_fp == token_fp]
 
     def clear(self) -> None:
         self.predictions.clear()

@@ -27,6 +27,7 @@ from replicate.client import Client
 
 from service.errors import Unauthorized, Unavailable
 from service.fingerprint import token_cache_key
+from service.upstream.deadline import add_cancel_after
 from service.upstream.exchange import record_response
 
 logger = logging.getLogger("service.upstream")
@@ -155,7 +156,9 @@ class ClientCache:
             api_token=token,
             base_url=self._base_url,
             transport=transport,
-            event_hooks={"response": [record_response]},
+            # The request hook adds Cancel-After to creates (deadline.py); the response hook
+            # keeps what ReplicateError drops (exchange.py).
+            event_hooks={"request": [add_cancel_after], "response": [record_response]},
         )
 
 

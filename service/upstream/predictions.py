@@ -3,8 +3,10 @@
 Timeline of `PredictionRun.execute` (prefer_wait_s=5, poll 1 s, growing 1.5x up to 3 s):
 
     before_create()  POST /v1/models/o/n/predictions  Prefer: wait=5   (held ≤ 5 s)
+                     Cancel-After: 900s   (time left until the run's deadline, rounded up)
       429 → sleep Retry-After → before_create() → POST ...   (≤ create_retries times)
       5xx / not sent → sleep backoff → before_create() → POST ...   (≤ transient_retries)
+      < 5 s left before a POST → no POST: UpstreamError "timed out" (Replicate's minimum)
     201 {"id": "abc", "status": "starting"}  → on_created("abc")
     sleep 1.0  before_poll()  GET /v1/predictions/abc  processing
     sleep 1.5  before_poll()  GET ...                   processing (output may be there: not done)
@@ -12,7 +14,8 @@ Timeline of `PredictionRun.execute` (prefer_wait_s=5, poll 1 s, growing 1.5x up 
     failed / canceled / aborted → PredictionFailed;  deadline passed → cancel + UpstreamError
 
 The invariant a slot holder relies on: when `execute` returns or raises, the prediction is
-known terminal, was cancelled, or was never created. Hence:
+known terminal, was cancelled, or was never created. Hence (and, should this process die
+first, Replicate ends every prediction of the run by itself through `Cancel-After`):
 - cancelled while polling → POST /v1/predictions/abc/cancel (shielded, bounded), then re-raise;
 - cancelled during the create hold (id unknown yet) → let the create finish (shielded), cancel
   the id it returns, then re-raise;
@@ -34,6 +37,7 @@ from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
 from service.errors import UpstreamError, UpstreamThrottled
+from service.upstream.deadline import cancel_after_s, cancel_after_scope
 from service.upstream.exchange import exchange_scope
 from service.upstream.policy import (
     Throttled,
@@ -117,15 +121,32 @@ class PredictionRun:
                 await self._cancel(reason=type(exc).__name__)
             raise
 
+    async def settle(self, prediction_id: str, *, cancel: bool) -> str:
+        """Follow a prediction created elsewhere (an orphan another replica adopted, see
+        docs/slot-ownership.md) to a terminal status, cancelling it first when asked. Returns
+        that status; raises a ServiceError when it cannot be learned before the deadline."""
+        self.prediction_id = prediction_id
+        self._interval_s = 0.0  # the first read at once
+        snapshot = await self._poll()
+        self._interval_s = self._t.poll_interval_s
+        if not snapshot.terminal and cancel:
+            await self._cancel(reason="orphan")
+            if self.terminal:
+                return "canceled"
+        while not snapshot.terminal:
+            snapshot = await self._poll()
+        return snapshot.status
+
     # -- create ---------------------------------------------------------------------------
 
     async def _create(self) -> Snapshot:
         throttles = failures = 0
         while True:
+            self._cancel_after_s()  # no time left for a prediction: take no rate-window token
             if self._before_create is not None:
                 await self._before_create()
             try:
-                snapshot = await self._create_once()
+                snapshot = await self._create_once(self._cancel_after_s())
             except Throttled as exc:
                 delay = throttle_delay_s(
                     exc.retry_after_s, throttles, cap_s=self._t.max_throttle_wait_s, rng=self._t.rng
@@ -171,9 +192,9 @@ class PredictionRun:
             self._log(logging.INFO, "prediction created", status=snapshot.status)
             return snapshot
 
-    async def _create_once(self) -> Snapshot:
+    async def _create_once(self, cancel_after: int) -> Snapshot:
         """One POST, shielded: if we are cancelled during the hold, it ends and we learn the id."""
-        task = asyncio.create_task(self._post())
+        task = asyncio.create_task(self._post(cancel_after))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -189,8 +210,8 @@ class PredictionRun:
                 )
             raise
 
-    async def _post(self) -> Snapshot:
-        with exchange_scope() as exchange:
+    async def _post(self, cancel_after: int) -> Snapshot:
+        with exchange_scope() as exchange, cancel_after_scope(cancel_after):
             try:
                 prediction = await self._client.models.predictions.async_create(
                     model=self._model, input=self._input, wait=self._t.prefer_wait_s
@@ -316,6 +337,17 @@ class PredictionRun:
                 f"Prediction {snapshot.prediction_id} has an unknown status {snapshot.status!r}",
                 fields={"prediction_id": snapshot.prediction_id},
             )
+
+    def _cancel_after_s(self) -> int:
+        """`Cancel-After` for the next create: the time left until the run's deadline, rounded
+        up, so every prediction of the run (retries too) ends at Replicate by then, even if no
+        cancel of ours ever arrives. Rounded up, not down: the run's own deadline fires first,
+        so its cancel and its timeout error stay the normal path; Replicate's is the backstop.
+        Under Replicate's 5 s minimum there is no time for a prediction: the run times out."""
+        seconds = cancel_after_s(self._deadline - self._clock())
+        if seconds is None:
+            raise self._timed_out()
+        return seconds
 
     def _id(self) -> str:
         if self.prediction_id is None:  # pragma: no cover - guarded by the call order

@@ -6,9 +6,11 @@ Proves behaviour by counting what the simulator saw (`/_sim/stats`), never by pa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from service.errors import (
@@ -18,8 +20,10 @@ from service.errors import (
     UpstreamRejected,
     UpstreamThrottled,
 )
+from service.simulator import SimulatorConfig, create_app
 from service.upstream import CreateOutcomeUnknown, Upstream
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.threaded_server import serve_in_thread
 
 TOKEN = "r8_upstream_simulator_test_token"
 FLUX = "black-forest-labs/flux-dev"
@@ -243,10 +247,22 @@ async def test_cancel_during_the_create_hold(
     assert seen["by_status"]["canceled"] == 1
 
 
-@pytest.mark.simulator(latency_s=30.0)
+@pytest.mark.simulator(latency_s=300.0)
 async def test_deadline_cancels_upstream(simulator: SimulatorHandle) -> None:
+    clock = [0.0]  # the run's clock: moved by its sleeps (a deadline needs >= 5 s: Cancel-After)
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        await asyncio.sleep(0.01)
+
     up = Upstream(
-        simulator.base_url, prefer_wait_s=1, poll_interval_s=0.1, prediction_timeout_s=1.5
+        simulator.base_url,
+        prefer_wait_s=1,
+        poll_interval_s=1.0,
+        max_poll_interval_s=3.0,
+        prediction_timeout_s=20,
+        sleep=sleep,
+        clock=lambda: clock[0],
     )
     try:
         with pytest.raises(UpstreamError, match="timed out"):
@@ -255,6 +271,9 @@ async def test_deadline_cancels_upstream(simulator: SimulatorHandle) -> None:
         await up.aclose()
     seen = await stats(simulator)
     assert (seen["cancels"], seen["in_flight"]) == (1, 0)
+    # Created with Cancel-After: 20s, so Replicate would have ended it without our cancel.
+    ((created_at,), (deadline,)) = (seen["created_at"], seen["deadlines"])
+    assert deadline - created_at == pytest.approx(20)
 
 
 @pytest.mark.simulator(latency_s=0.5)
@@ -284,3 +303,163 @@ async def test_verify_token_hits_account_once(
     assert await upstream.verify_token("bad-token") is False
     seen = await stats(simulator)
     assert seen["account_requests"] == 1
+
+
+# -- find_predictions: an orphan's prediction, found through the list ------------------------
+
+
+async def create_raw(
+    simulator: SimulatorHandle, model_input: dict[str, Any], *, model: str = FLUX, count: int = 1
+) -> list[str]:
+    """Predictions created straight over HTTP (as a replica that died would have); their ids."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=simulator.base_url, headers=headers) as http:
+        responses = await asyncio.gather(
+            *(
+                http.post(f"/v1/models/{model}/predictions", json={"input": model_input})
+                for _ in range(count)
+            )
+        )
+    assert all(r.status_code == 201 for r in responses), [r.text for r in responses]
+    return [r.json()["id"] for r in responses]
+
+
+def list_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The `reason` of each "prediction list unreadable" warning."""
+    return [
+        str(getattr(record, "reason", ""))
+        for record in caplog.records
+        if record.getMessage() == "prediction list unreadable"
+    ]
+
+
+async def test_find_predictions_returns_the_matching_ones_newest_first(
+    upstream: Upstream, simulator: SimulatorHandle
+) -> None:
+    (older,) = await create_raw(simulator, flux("lost", guidance=3))
+    bound = time.time()  # after the answer: later than `older`'s created_at
+    (first,) = await create_raw(simulator, flux("lost", guidance=3))
+    await create_raw(simulator, flux("another prompt", guidance=3))
+    await create_raw(simulator, flux("lost", guidance=3, seed=1))
+    await create_raw(simulator, {"prompt": "lost", "guidance": 3}, model=QWEN)
+    (second,) = await create_raw(simulator, flux("lost", guidance=3))
+
+    # Same JSON value: other key order, 3.0 for 3.
+    found = await upstream.find_predictions(
+        TOKEN, FLUX, {"guidance": 3.0, "prompt": "lost"}, created_after_epoch_s=bound
+    )
+
+    assert found is not None
+    assert [pid for pid, _ in found] == [second, first]
+    assert older not in {pid for pid, _ in found}
+    assert {status for _, status in found} <= {"starting", "processing", "succeeded"}
+    seen = await stats(simulator)
+    assert (seen["list_requests"], seen["get_requests"], seen["created"]) == (1, 0, 6)
+
+
+async def test_find_predictions_pages_through_the_window(
+    upstream: Upstream, simulator: SimulatorHandle
+) -> None:
+    bound = time.time()
+    (target,) = await create_raw(simulator, flux("the oldest in the window"))
+    await create_raw(simulator, flux("noise"), count=230)
+
+    found = await upstream.find_predictions(
+        TOKEN, FLUX, flux("the oldest in the window"), created_after_epoch_s=bound
+    )
+
+    assert found is not None and [pid for pid, _ in found] == [target]
+    assert (await stats(simulator))["list_requests"] == 3  # 100 + 100 + 31
+
+
+async def test_find_predictions_sees_only_the_tokens_own_predictions(
+    upstream: Upstream, simulator: SimulatorHandle
+) -> None:
+    bound = time.time()
+    await create_raw(simulator, flux("shared prompt"))
+
+    found = await upstream.find_predictions(
+        "r8_another_account", FLUX, flux("shared prompt"), created_after_epoch_s=bound
+    )
+
+    assert found == []
+
+
+@pytest.mark.simulator(create_limit=2000)
+async def test_find_predictions_reads_at_most_ten_pages(
+    upstream: Upstream, simulator: SimulatorHandle
+) -> None:
+    bound = time.time()
+    for _ in range(11):
+        await create_raw(simulator, flux("noise"), count=100)
+
+    found = await upstream.find_predictions(TOKEN, FLUX, flux("x"), created_after_epoch_s=bound)
+
+    assert found is None  # an 11th page could hold it: nothing can be ruled out
+    assert (await stats(simulator))["list_requests"] == 10
+
+
+async def test_find_predictions_retries_a_500(
+    upstream: Upstream, simulator: SimulatorHandle, sleeps: Sleeps
+) -> None:
+    bound = time.time()
+    (target,) = await create_raw(simulator, flux("lost"))
+    await simulator.aset_faults(list_5xx=1, status_5xx=500)
+
+    found = await upstream.find_predictions(TOKEN, FLUX, flux("lost"), created_after_epoch_s=bound)
+
+    assert found is not None and [pid for pid, _ in found] == [target]
+    assert (await stats(simulator))["list_requests"] == 2
+    assert len(sleeps.calls) == 1
+
+
+async def test_find_predictions_is_none_when_the_list_keeps_failing(
+    upstream: Upstream, simulator: SimulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    bound = time.time()
+    await create_raw(simulator, flux("lost"))
+    await simulator.aset_faults(list_5xx=100, status_5xx=500)
+
+    found = await upstream.find_predictions(TOKEN, FLUX, flux("lost"), created_after_epoch_s=bound)
+
+    assert found is None
+    assert (await stats(simulator))["list_requests"] == 3  # transient_retries=2, then give up
+    assert list_failures(caplog) == ["HTTP 500"]
+    assert all(TOKEN not in repr(vars(record)) for record in caplog.records)
+
+
+async def test_find_predictions_is_none_for_a_refused_token(
+    upstream: Upstream, simulator: SimulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    found = await upstream.find_predictions(
+        "not-a-token", FLUX, flux(), created_after_epoch_s=time.time()
+    )
+
+    assert found is None
+    assert list_failures(caplog) == ["HTTP 401"]
+    assert all("not-a-token" not in repr(vars(record)) for record in caplog.records)
+
+
+async def test_find_predictions_reads_an_aborted_prediction() -> None:
+    """`aborted` (Cancel-After passed before the start) is unknown to the client's model: the
+    page is read from its raw body. The simulator's clock is injected and moved forward."""
+    now = [1_000_000.0]
+    config = SimulatorConfig(latency_s=60.0, jitter_fraction=0.0, queue_fraction=0.5, seed=5)
+    app = create_app(config, clock=lambda: now[0])
+    with serve_in_thread(app, name="list-aborted-simulator", wait_for_stop=False) as base_url:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Cancel-After": "5s"}
+        async with httpx.AsyncClient(base_url=base_url, headers=headers) as http:
+            created = await http.post(
+                f"/v1/models/{FLUX}/predictions", json={"input": flux("cut short")}
+            )
+            assert created.status_code == 201, created.text
+        now[0] += 10  # the deadline (+5 s) came before the start (+30 s)
+        up = Upstream(base_url)
+        try:
+            found = await up.find_predictions(
+                TOKEN, FLUX, flux("cut short"), created_after_epoch_s=now[0] - 60
+            )
+        finally:
+            await up.aclose()
+
+    assert found == [(created.json()["id"], "aborted")]

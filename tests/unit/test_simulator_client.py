@@ -315,7 +315,7 @@ async def test_stats_count_concurrent_predictions(
     assert stats["created"] == count
     assert stats["max_in_flight"] == count
     assert stats["in_flight"] == 0
-    assert stats["by_status"] == {"succeeded": count, "failed": 0, "canceled": 0}
+    assert stats["by_status"] == {"succeeded": count, "failed": 0, "canceled": 0, "aborted": 0}
     assert len(stats["created_at"]) == count
     assert all(end is not None and end > start for start, end in stats["intervals"])
     totals = simulator.stats()["totals"]

@@ -624,7 +624,7 @@ async def test_stats_shape_filter_and_reset(
     mine = stats["tokens"][fp]
     assert mine["created"] == 1
     assert mine["get_requests"] == 1
-    assert mine["by_status"] == {"succeeded": 1, "failed": 0, "canceled": 0}
+    assert mine["by_status"] == {"succeeded": 1, "failed": 0, "canceled": 0, "aborted": 0}
     ((start, end),) = mine["intervals"]
     assert mine["created_at"] == [start]
     assert start < end <= stats["now"]

@@ -226,15 +226,29 @@ def stub() -> Iterator[StubReplicate]:
     server.server.server_close()
 
 
-class Sleeps:
-    """Injected sleep: records every requested delay (per task), sleeps at most 10 ms."""
+class FakeClock:
+    """Injected monotonic clock: moves only when a `Sleeps` given it sleeps (or by `now +=`)."""
 
     def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleeps:
+    """Injected sleep: records every requested delay (per task), sleeps at most 10 ms, and
+    moves `clock` (if given) by the full delay."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
         self.calls: list[tuple[str, float]] = []
+        self.clock = clock
 
     async def __call__(self, seconds: float) -> None:
         task = asyncio.current_task()
         self.calls.append((task.get_name() if task else "", seconds))
+        if self.clock is not None:
+            self.clock.now += seconds
         await asyncio.sleep(min(seconds, 0.01))
 
     def of(self, task_name: str) -> list[float]:
@@ -562,9 +576,10 @@ async def test_cancelled_during_the_create_hold_finishes_create_then_cancels(
     ]
 
 
-async def test_deadline_cancels_the_prediction(stub: StubReplicate, sleeps: Sleeps) -> None:
+async def test_deadline_cancels_the_prediction(stub: StubReplicate) -> None:
     stub.plan = [state("starting"), state("processing")]
-    up = Upstream(stub.base_url, sleep=sleeps, prediction_timeout_s=0.3)
+    clock = FakeClock()
+    up = Upstream(stub.base_url, sleep=Sleeps(clock), clock=clock, prediction_timeout_s=30)
     try:
         with pytest.raises(UpstreamError, match="timed out") as info:
             await up.run_prediction(TOKEN, FLUX, prompt())

@@ -1,7 +1,7 @@
 -- uses: common
 -- Take a slot of a semaphore, or join (or stay in) its first-come-first-served queue.
 --
--- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
+-- KEYS: meta, holders, info, queue, qexp, qinfo, stats, pins, orphans (see lib/common.lua)
 -- ARGV[1] lease id (random, "<random>-<process token>"; also the waiter id while queued)
 -- ARGV[2] lease TTL (ms)
 -- ARGV[3] holder JSON (replica, purpose, ...) shown to operators
@@ -13,28 +13,38 @@
 -- ARGV[8] TTL (ms) of the semaphore's keys; "0" keeps them (registered semaphores)
 -- ARGV[9] wake channel (grants go to "<channel>:<token>", see grant_heads)
 -- ARGV[10] waiter JSON object (replica, since)
+-- ARGV[11] pin (ms): the lease guards a prediction that may run until now + pin at the latest;
+--          expired unrenewed before then, it becomes an orphan instead of being freed ("0": none)
 -- Optional, to take a rate-window entry together with the slot (an account's first create):
--- KEYS[8] window log (same hash tag); ARGV[11] window limit, ARGV[12] window (ms),
--- ARGV[13] request id (see take_from_window)
+-- KEYS[10] window log (same hash tag); ARGV[12] window limit, ARGV[13] window (ms),
+-- ARGV[14] request id (see take_from_window)
 -- Returns:
---   {1, expiry_ms, epoch, in_use, limit}          acquired, or already held: granted to this
---                                                 waiter by a release whose message it missed
---                                                 (the lease is then extended to a full TTL);
---                                                 with KEYS[8], two more items: the window's
---                                                 admitted (1/0) and wait_ms
---   {0, position, retry_hint_ms, in_use, limit}   queued at 1-based position (0: not queued)
---   {-1}                                          no such semaphore
+--   {1, expiry_ms, epoch, in_use, limit, orphans}   acquired, or already held: granted to this
+--                                                   waiter by a release whose message it
+--                                                   missed (the lease is then extended to a
+--                                                   full TTL); with KEYS[10], two more items:
+--                                                   the window's admitted (1/0) and wait_ms
+--   {0, position, retry_hint_ms, in_use, limit, orphans}
+--                                                   queued at 1-based position (0: not queued)
+--   {-1}                                            no such semaphore
+-- `orphans`: how many orphaned leases wait for a replica to adopt them (adopt_orphans.lua).
 local lease_id = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local queue_ttl = tonumber(ARGV[5])
 local keys_ttl = tonumber(ARGV[8])
+local pin_ms = tonumber(ARGV[11])
 local now = now_ms()
 
--- The acquired reply, with a window entry taken when one was asked for.
+-- The acquired reply (the lease pinned when asked), with a window entry when one was asked for.
 local function acquired(expiry, epoch, in_use, limit)
-  if not KEYS[8] then return {1, expiry, epoch, in_use, limit} end
-  local w = take_from_window(KEYS[8], tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13], now)
-  return {1, expiry, epoch, in_use, limit, w[1], w[3]}
+  if pin_ms > 0 then
+    redis.call('ZADD', KEYS[8], now + pin_ms, lease_id)
+    for _, key in ipairs({KEYS[2], KEYS[3], KEYS[8]}) do keep_for(key, pin_ms + ttl) end
+  end
+  local orphans = redis.call('ZCARD', KEYS[9])
+  if not KEYS[10] then return {1, expiry, epoch, in_use, limit, orphans} end
+  local w = take_from_window(KEYS[10], tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14], now)
+  return {1, expiry, epoch, in_use, limit, orphans, w[1], w[3]}
 end
 
 local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
@@ -99,8 +109,9 @@ end
 local grace_until = tonumber(redis.call('HGET', KEYS[1], 'grace_until') or '0')
 if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
 
+local orphans = redis.call('ZCARD', KEYS[9])
 if ARGV[4] ~= '1' then
-  return {0, 0, hint, in_use, limit}
+  return {0, 0, hint, in_use, limit, orphans}
 end
 if not rank then
   local ticket = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -111,9 +122,10 @@ end
 local fields = string.sub(ARGV[10], 2, -2)
 if fields ~= '' then fields = fields .. ',' end
 redis.call('HSET', KEYS[6], lease_id,
-  '{"ttl_ms":' .. string.format('%d', ttl) .. ',' .. fields .. '"holder":' .. ARGV[3] .. '}')
+  '{"ttl_ms":' .. string.format('%d', ttl) .. ',"pin_ms":' .. string.format('%d', pin_ms) .. ','
+  .. fields .. '"holder":' .. ARGV[3] .. '}')
 redis.call('ZADD', KEYS[5], now + queue_ttl, lease_id)
 keep_for(KEYS[4], queue_ttl * 3)
 keep_for(KEYS[5], queue_ttl * 3)
 keep_for(KEYS[6], queue_ttl * 3)
-return {0, rank + 1, hint, in_use, limit}
+return {0, rank + 1, hint, in_use, limit, orphans}

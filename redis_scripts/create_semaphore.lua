@@ -2,7 +2,7 @@
 -- Create a semaphore, or with mode "ensure" create it or set its limit (declarative config).
 -- A raised limit grants the slots it adds to the queue heads at once (grant_heads).
 --
--- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
+-- KEYS: meta, holders, info, queue, qexp, qinfo, stats, pins, orphans (see lib/common.lua)
 -- ARGV[1] limit (>= 1), ARGV[2] mode "create" | "ensure", ARGV[3] wake channel
 -- ARGV[4] grace (ms) before the first acquisition, when Redis may have lost live leases
 -- Returns: 1 created, 0 already existed (mode create: unchanged), 2 limit updated (mode ensure)

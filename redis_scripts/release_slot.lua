@@ -4,7 +4,7 @@
 -- granted at once to the queue head (grant_heads), whose process is told on its own channel (or
 -- in this reply, when it is the caller's process: ARGV[4]).
 --
--- KEYS: meta, holders, info, queue, qexp, qinfo, stats (see lib/common.lua)
+-- KEYS: meta, holders, info, queue, qexp, qinfo, stats, pins, orphans (see lib/common.lua)
 -- ARGV[1] lease id (or waiter id; a waiter granted a slot it never learned of holds it: this
 --         frees it for the next head)
 -- ARGV[2] wake channel
@@ -22,6 +22,8 @@ local result = 0
 if score then
   redis.call('ZREM', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[8], id)
+  redis.call('ZREM', KEYS[9], id)
   if tonumber(score) > now then result = 1 end
 end
 if redis.call('ZREM', KEYS[4], id) == 1 then

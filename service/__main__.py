@@ -29,7 +29,12 @@ from service.config import Settings
 log = logging.getLogger("service")
 
 READY_PREFIX = f"{SERVICE_NAME} ready on "
-_SECRET_VARIABLES = {"REPLICATE_API_TOKEN", "CONCURRENT_DOCKER_ADMIN_API_KEY", "REDIS_URL"}
+_SECRET_VARIABLES = {
+    "REPLICATE_API_TOKEN",
+    "CONCURRENT_DOCKER_ADMIN_API_KEY",
+    "REDIS_URL",
+    "TOKEN_SEALING_KEY",
+}
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
@@ -70,7 +75,11 @@ def configure_logging(settings: Settings) -> None:
 
     secrets = [
         secret.get_secret_value()
-        for secret in (settings.replicate_api_token, settings.concurrent_docker_admin_api_key)
+        for secret in (
+            settings.replicate_api_token,
+            settings.concurrent_docker_admin_api_key,
+            settings.token_sealing_key,
+        )
         if secret is not None
     ]
     install(
@@ -111,7 +120,33 @@ class _AnnouncingServer(uvicorn.Server):
             self._on_ready(f"http://{host}:{port}")
 
 
-def main() -> int:
+def usage() -> str:
+    """`python -m service --help`: what it does and every setting, with its default."""
+    lines = [
+        f"usage: python -m service   ({SERVICE_NAME}: one replica, configured by the environment)",
+        "",
+        "environment variables (default):",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None or isinstance(default, SecretStr) else repr(default)
+        lines.append(f"  {name.upper():<34} {shown}")
+    lines += [
+        "",
+        "REDIS_URL unset: an embedded Redis (one replica only). REPLICATE_API_TOKEN unset: demo",
+        "mode against a local Replicate simulator. Details: README.md, Configuration.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        if args[0] in ("-h", "--help"):
+            print(usage())
+            return 0
+        print(f"unknown argument {args[0]!r}: python -m service takes none (see --help)")
+        return 2
     loaded = load_settings()
     if isinstance(loaded, str):
         print(loaded, file=sys.stderr)
@@ -124,6 +159,7 @@ def main() -> int:
     from service.coordination import KeySpace
     from service.demo import DEMO_TOKEN, DemoSimulator, banner, demo_config
     from service.embedded_redis import WARNING_BANNER, EmbeddedRedis
+    from service.sealing import new_key
 
     embedded: EmbeddedRedis | None = None
     simulator: DemoSimulator | None = None
@@ -145,6 +181,8 @@ def main() -> int:
                     "replicate_base_url": simulator_url,
                     "replicate_api_token": SecretStr(DEMO_TOKEN),
                     "allow_env_fallback": True,
+                    # So that callers' own tokens can be settled by the demo too.
+                    "token_sealing_key": settings.token_sealing_key or SecretStr(new_key()),
                 }
             )
 

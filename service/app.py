@@ -25,14 +25,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import SERVICE_NAME, VERSION
 from service.api import Services, dashboard, generate, health, leases, probes, semaphores
+from service.api.responses import SafeJSONResponse
 from service.config import Settings
 from service.coordination import Coordinator, CoordinatorConfig
 from service.errors import ServiceError
 from service.generation import Generator
+from service.limits import PIN_MARGIN_S
 from service.observability.logs import request_id_var
+from service.observability.loop_lag import LoopLagMonitor
 from service.observability.metrics import Metrics
 from service.observability.metrics import router as metrics_router
 from service.observability.middleware import ObservabilityMiddleware
+from service.orphans import OrphanKeeper
+from service.sealing import TokenSealer
 from service.upstream import Upstream
 
 log = logging.getLogger("service.app")
@@ -56,12 +61,17 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         found = await _start(settings, metrics)
         app.state.services = found
+        loop_lag = LoopLagMonitor(metrics.observe_loop_lag)  # a stall is what loses leases
+        loop_lag.start()
         try:
             yield
         finally:
             app.state.draining = True
             app.state.services = None
-            await _stop(found)
+            try:
+                await _stop(found)
+            finally:
+                await loop_lag.stop()
 
     app = FastAPI(
         title=SERVICE_NAME,
@@ -99,6 +109,8 @@ def coordinator_config(settings: Settings) -> CoordinatorConfig:
         lease_ttl_s=settings.lease_ttl_seconds,
         redis_timeout_s=settings.redis_timeout_seconds,
         declared=settings.declared_semaphores,
+        account_window_s=settings.account_window_seconds,
+        max_connections=settings.redis_max_connections,
     )
 
 
@@ -112,15 +124,29 @@ async def _start(settings: Settings, metrics: Metrics) -> Services:
         pool_size=min(settings.replicate_concurrent_limit + 10, 1000),
         on_response=metrics.observe_upstream_response,
     )
-    generator = Generator(coordinator, upstream, settings)
+    sealing_key = settings.token_sealing_key
+    sealer = TokenSealer(
+        sealing_key.get_secret_value() if sealing_key else None,
+        max_age_s=settings.prediction_timeout_seconds + PIN_MARGIN_S,
+    )
+    generator = Generator(coordinator, upstream, settings, sealer)
+    server_token = settings.replicate_api_token
+    orphans = OrphanKeeper(
+        coordinator,
+        upstream,
+        server_token=server_token.get_secret_value() if server_token else None,
+        sealer=sealer,
+    )
+    coordinator.semaphores.on_orphans.append(orphans.notice)
     coordinator.semaphores.on_acquired.append(metrics.observe_acquire)
     coordinator.renewer.on_lost.append(metrics.observe_lost)
     generator.on_outcome.append(metrics.observe_generation)
+    orphans.on_settled.append(metrics.observe_orphan)
     log.info(
         "service started",
         extra={"replica_id": settings.effective_replica_id, "version": VERSION},
     )
-    return Services(settings, coordinator, upstream, generator)
+    return Services(settings, coordinator, upstream, generator, orphans)
 
 
 async def _stop(found: Services) -> None:
@@ -133,6 +159,8 @@ async def _stop(found: Services) -> None:
         if pending:
             log.error("shutdown: %d generation(s) did not finish cancelling", len(pending))
     await found.generator.close()
+    if found.orphans is not None:
+        await found.orphans.close()  # unsettled adopted slots lapse back into orphans
     await found.upstream.aclose()
     await found.coordinator.close()  # releases every lease still held by this process
     log.info("service stopped")
@@ -145,7 +173,8 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         log.warning("request failed: %s", exc.message, extra={"status": exc.status_code})
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    # Safe: an error may carry Replicate's text (a failed prediction's error message).
+    return SafeJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -181,6 +210,18 @@ def _short(text: str, limit: int) -> str:
 # -- request context --------------------------------------------------------------------------
 
 
+SHUTDOWN_MESSAGE = (
+    "This replica shut down while the request was still running (longer than DRAIN_SECONDS); "
+    "any prediction it had started was cancelled and its slots released. Retry the request: "
+    "another replica will serve it"
+)
+
+
+def _draining(scope: Scope) -> bool:
+    app = scope.get("app")
+    return bool(getattr(getattr(app, "state", None), "draining", False))
+
+
 class InternalErrors:
     """Pure ASGI (so that disconnects still reach the routes): an unexpected exception becomes a
     logged 500 `{"error": "Internal error", "request_id": ...}`, never a traceback. The request
@@ -203,6 +244,21 @@ class InternalErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running DRAIN_SECONDS after SIGTERM; by now
+            # the route has cancelled its prediction and released its slots. Say so in JSON
+            # rather than let uvicorn answer a plain-text 500.
+            task = asyncio.current_task()
+            if started or not _draining(scope) or task is None:
+                raise
+            task.uncancel()
+            log.warning("request cut short by shutdown", extra={"path": scope.get("path")})
+            response = JSONResponse(
+                {"error": SHUTDOWN_MESSAGE, "request_id": request_id_var.get() or ""},
+                status_code=503,
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+            await response(scope, receive, send)
         except Exception:
             request_id = request_id_var.get() or ""
             log.exception("unhandled error", extra={"path": scope.get("path")})

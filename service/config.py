@@ -7,6 +7,7 @@ import re
 import socket
 from functools import cached_property
 
+from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -59,10 +60,20 @@ class Settings(BaseSettings):
     global_semaphores: str = ""
     replica_id: str = ""
     prefer_wait_seconds: int = Field(5, ge=1, le=60)
-    prediction_timeout_seconds: float = Field(900.0, ge=1.0)
+    # At least 10 s: every create carries it as Replicate's Cancel-After, whose minimum is 5 s.
+    prediction_timeout_seconds: float = Field(900.0, ge=10.0)
     poll_budget_per_minute: int = Field(2400, ge=10)
+    # The account creation window REPLICATE_REQUESTS_PER_MINUTE counts in: Replicate's 60 s
+    # plus 1 s of skew margin. Shorter only for tests, or an upstream that counts differently.
+    account_window_seconds: float = Field(61.0, gt=0.0)
     redis_timeout_seconds: float = Field(2.0, gt=0.0, le=60.0)
+    # Redis connections one replica opens for commands (its wake subscription adds one); a call
+    # that finds them all busy waits up to redis_timeout_seconds for one, then fails closed.
+    redis_max_connections: int = Field(128, ge=1, le=10_000)
     drain_seconds: float = Field(25.0, ge=0.0)
+    # Seals a caller's own token in its leases' records (Fernet), so that another replica can
+    # settle the caller's prediction if this one dies; the same on every replica.
+    token_sealing_key: SecretStr | None = None
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 
@@ -70,6 +81,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_semaphores(cls, value: str) -> str:
         parse_semaphore_spec(value)
+        return value
+
+    @field_validator("token_sealing_key")
+    @classmethod
+    def _check_sealing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            Fernet(value.get_secret_value().encode())
+        except ValueError:
+            # Never echo the value: it is a secret.
+            raise ValueError(
+                "must be 32 url-safe base64-encoded bytes (make one: python -m service.sealing)"
+            ) from None
         return value
 
     @field_validator("replicate_base_url")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -24,18 +23,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.config import Settings
-from service.coordination import (
-    AcquireTimeout,
-    CoordinationUnavailable,
-    Coordinator,
-    Lease,
-    SemaphoreNotFound,
-)
-from service.coordination.lease import shielded
-from service.errors import LimitTimeout, NotFound, ServiceError, Unavailable, UpstreamError
+from service.coordination import ACCOUNT, CoordinationError, Coordinator, Lease
+from service.errors import NotFound, ServiceError, Unavailable, UpstreamError
 from service.filenames import build_filenames
+from service.limits import Held, Limits, release, service_error
 from service.schemas import BatchRequest, GenerateRequest, ModelSpec
-from service.upstream import CreateOutcomeUnknown, PredictionResult, Upstream
+from service.sealing import TokenSealer
+from service.upstream import CreateOutcomeUnknown, PredictionResult, RunWatch, Upstream
 
 log = logging.getLogger("service.generation")
 
@@ -85,20 +79,49 @@ GenerationListener = Callable[[str, str, float], None]  # (model, outcome, secon
 
 
 class LeaseLostError(UpstreamError):
-    def __init__(self, semaphore_id: str) -> None:
+    """A slot was lost while its prediction ran: the prediction was cancelled (see Lease)."""
+
+    def __init__(self, lease: Lease) -> None:
+        which = (
+            "the account's concurrency limit (REPLICATE_CONCURRENT_LIMIT)"
+            if lease.kind == ACCOUNT
+            else f"external semaphore '{lease.semaphore_id}'"
+        )
+        why = lease.why_invalid() or "it was lost"
         super().__init__(
-            f"Lost the slot of limit '{semaphore_id}' (lease expired unrenewed); the prediction "
-            "was cancelled so that the limit holds"
+            f"Lost the slot of {which}: {why}. The prediction was cancelled so that the limit "
+            "holds; retry the request",
+            fields={"limit_scope": "account_concurrency" if lease.kind == ACCOUNT else "semaphore"},
+        )
+
+
+class InternalGenerationError(Unavailable):
+    """An error nobody anticipated, inside one task: answered as a retryable 503 naming it (its
+    prediction was cancelled and its slots released on the way out)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(
+            f"Internal error while generating ({type(exc).__name__}); the prediction was "
+            "cancelled and its slots released; retry the request",
+            headers={"Retry-After": "1"},
         )
 
 
 class Generator:
-    def __init__(self, coordinator: Coordinator, upstream: Upstream, settings: Settings) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        upstream: Upstream,
+        settings: Settings,
+        sealer: TokenSealer | None = None,
+    ) -> None:
         self._coordinator = coordinator
         self._upstream = upstream
         self._settings = settings
+        self._limits = Limits(coordinator, settings)
+        self._sealer = sealer
         self.on_outcome: list[GenerationListener] = []
-        # Orphan holds (see _hold_orphan) and lease annotations; cancelled at close.
+        # Lease annotations, off the critical path; cancelled at close.
         self._background: set[asyncio.Task[None]] = set()
 
     async def generate(self, caller: Caller, request: GenerateRequest) -> TaskOutcome:
@@ -128,26 +151,30 @@ class Generator:
             return
         try:
             exists = await self._coordinator.semaphore_exists(semaphore_id)
-        except CoordinationUnavailable as exc:
-            raise _unavailable() from exc
+        except CoordinationError as exc:
+            raise service_error(exc) from exc
         if not exists:
             raise NotFound(f"External semaphore '{semaphore_id}' not found")
 
     async def _run(
         self, caller: Caller, spec: ModelSpec, task: TaskSpec, semaphore_id: str | None
     ) -> TaskOutcome:
+        """One task to its outcome: every error, of any layer, becomes this task's ServiceError
+        (its siblings go on); only a cancellation propagates."""
         started = time.monotonic()
         try:
             result = await self._predict_under_limits(caller, spec, task, semaphore_id)
-        except ServiceError as exc:
+            files = _files(spec, task, result)
+        except Exception as exc:
+            error = _as_service_error(exc)
             self._notify(spec.name, "failed", started)
-            return TaskOutcome(task.index, task.prompt, task.output_filename, error=exc)
+            return TaskOutcome(task.index, task.prompt, task.output_filename, error=error)
         self._notify(spec.name, "succeeded", started)
         return TaskOutcome(
             task.index,
             task.prompt,
             task.output_filename,
-            files=_files(spec, task, result),
+            files=files,
             prediction_id=result.prediction_id,
         )
 
@@ -158,92 +185,73 @@ class Generator:
     async def _predict_under_limits(
         self, caller: Caller, spec: ModelSpec, task: TaskSpec, semaphore_id: str | None
     ) -> PredictionResult:
-        settings = self._settings
-        deadline = time.monotonic() + settings.queue_timeout_seconds
+        deadline = time.monotonic() + self._settings.queue_timeout_seconds
         holder = self._coordinator.holder(purpose=f"generate {spec.name}")
-        leases: list[Lease] = []
-        keep_leases = False
+        # What a replica that adopts these slots needs to settle the prediction if this one dies
+        # (docs/slot-ownership.md); a caller's own token only sealed, and only with a key.
+        holder.account = caller.account
+        holder.model = spec.ref
+        holder.input = task.replicate_input
+        if caller.tier == "credentials" and self._sealer is not None:
+            holder.sealed_token = self._sealer.seal(caller.token)
         try:
-            try:
-                if semaphore_id is not None:
-                    leases.append(
-                        await self._coordinator.acquire(
-                            semaphore_id, timeout_s=_remaining(deadline), holder=holder
-                        )
-                    )
-                leases.append(
-                    await self._coordinator.acquire_account(
-                        caller.account,
-                        limit=settings.replicate_concurrent_limit,
-                        timeout_s=_remaining(deadline),
-                        holder=holder,
-                        limit_per_minute=settings.replicate_requests_per_minute,
-                    )
-                )
-            except AcquireTimeout as exc:
-                raise _limit_timeout(exc) from exc
-            except SemaphoreNotFound as exc:
-                raise NotFound(f"External semaphore '{exc.semaphore_id}' not found") from exc
-            except CoordinationUnavailable as exc:
-                raise _unavailable() from exc
-            try:
-                return await self._run_watched(caller, spec, task, leases, deadline)
-            except CreateOutcomeUnknown:
-                # A prediction may be running with an id we never learned: keep its slots for
-                # as long as it could run, so that it cannot run outside the limit.
-                keep_leases = True
-                self._hold_orphan(leases)
-                raise
+            held = await self._limits.acquire(
+                caller.account, semaphore_id, timeout_s=_remaining(deadline), holder=holder
+            )
+        except CoordinationError as exc:
+            raise service_error(exc) from exc
+        watch = RunWatch()
+        may_be_running = False
+        try:
+            return await self._run_watched(caller, spec, task, held, deadline, watch)
+        except CreateOutcomeUnknown:
+            may_be_running = True  # a prediction may run with an id we never learned
+            raise
         finally:
-            if not keep_leases:
-                await _release_all(leases)
+            if may_be_running or watch.may_be_running:
+                # Its slots must stay taken while it may run: they expire into orphans that
+                # another replica settles, or that Replicate's Cancel-After ends.
+                log.warning(
+                    "prediction may still be running: its slots are left to adoption",
+                    extra={"prediction_id": watch.prediction_id},
+                )
+                for lease in held.leases:
+                    lease.abandon()
+            else:
+                await release(held)
 
     async def _run_watched(
         self,
         caller: Caller,
         spec: ModelSpec,
         task: TaskSpec,
-        leases: list[Lease],
+        held: Held,
         deadline: float,
+        watch: RunWatch,
     ) -> PredictionResult:
-        settings = self._settings
-        coordinator = self._coordinator
-        # The account slot, taken at once, may have come with the first create's window entry.
-        prepaid = leases[-1].window_entry
+        limits = self._limits
+        first_create = True  # its window entry came with the account slot
 
         async def before_create() -> None:
-            nonlocal prepaid
-            _check_leases(leases)
-            if prepaid:
-                prepaid = False
+            nonlocal first_create
+            _check_leases(held.leases)
+            if first_create:
+                first_create = False
                 return
             try:
-                await coordinator.take_account_rate(
-                    caller.account,
-                    limit_per_minute=settings.replicate_requests_per_minute,
-                    timeout_s=_remaining(deadline),
-                )
-            except AcquireTimeout as exc:
-                raise _limit_timeout(exc) from exc
-            except CoordinationUnavailable as exc:
-                raise _unavailable() from exc
-            _check_leases(leases)
+                await limits.take_create_token(caller.account, timeout_s=_remaining(deadline))
+            except CoordinationError as exc:
+                raise service_error(exc) from exc
+            _check_leases(held.leases)
 
         async def before_poll() -> None:
             # Polls share Replicate's 3,000/min budget for other calls with every replica on
-            # the account: pace them through a window of their own.
-            with contextlib.suppress(CoordinationUnavailable):
-                await coordinator.window.wait_take(
-                    f"acct-poll:{caller.account}",
-                    settings.poll_budget_per_minute,
-                    timeout_s=60.0,
-                    limit_scope="account_poll_budget",
-                    limit_id=caller.account,
-                )
+            # the account: paced through a window of their own, which only slows them down.
+            await limits.pace_poll(caller.account)
 
         async def on_created(prediction_id: str) -> None:
             # For operators' eyes only: kept off the request's critical path.
-            self._in_background(_annotate(leases, prediction_id))
+            self._in_background(_annotate(held.leases, prediction_id))
 
         run = asyncio.ensure_future(
             self._upstream.run_prediction(
@@ -253,6 +261,7 @@ class Generator:
                 before_create=before_create,
                 before_poll=before_poll,
                 on_created=on_created,
+                watch=watch,
             )
         )
         lost: list[Lease] = []
@@ -261,27 +270,14 @@ class Generator:
             lost.append(lease)
             run.cancel()  # upstream cancels the prediction by id before it re-raises
 
-        for lease in leases:
+        for lease in held.leases:
             lease.on_lost(cancel_on_loss)
         try:
             return await _await_shielding_cancel(run)
         except asyncio.CancelledError:
             if lost and not _current_task_cancelling():
-                raise LeaseLostError(lost[0].semaphore_id) from None
+                raise LeaseLostError(lost[0]) from None
             raise
-
-    def _hold_orphan(self, leases: list[Lease]) -> None:
-        hold_s = min(self._settings.prediction_timeout_seconds, 600.0)
-
-        async def hold() -> None:
-            try:
-                await asyncio.sleep(hold_s)
-            finally:
-                await _release_all(leases)
-
-        task = asyncio.create_task(hold())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -295,17 +291,24 @@ class Generator:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
+def _as_service_error(exc: Exception) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, CoordinationError):
+        return service_error(exc)
+    log.error("generation failed unexpectedly", exc_info=exc)
+    return InternalGenerationError(exc)
+
+
 async def _annotate(leases: list[Lease], prediction_id: str) -> None:
+    """For operators' eyes only: a failure here never touches the generation."""
     for lease in leases:
-        with contextlib.suppress(CoordinationUnavailable):
+        try:
             await lease.set_prediction_id(prediction_id)
-
-
-async def _release_all(leases: list[Lease]) -> None:
-    """Release every lease at once (one round trip of latency, not one per lease); shielded:
-    a caller cancelled meanwhile does not leave a slot behind."""
-    if leases:
-        await shielded(asyncio.gather(*(lease.release() for lease in leases)))
+        except CoordinationError:
+            pass
+        except Exception:
+            log.exception("lease annotation failed")
 
 
 async def _await_shielding_cancel(run: asyncio.Future[PredictionResult]) -> PredictionResult:
@@ -328,34 +331,11 @@ def _current_task_cancelling() -> bool:
 def _check_leases(leases: list[Lease]) -> None:
     for lease in leases:
         if not lease.is_valid():
-            raise LeaseLostError(lease.semaphore_id)
+            raise LeaseLostError(lease)
 
 
 def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
-
-
-def _limit_timeout(exc: AcquireTimeout) -> LimitTimeout:
-    names = {
-        "semaphore": f"external semaphore '{exc.limit_id}'",
-        "account_concurrency": "the account's concurrency limit (REPLICATE_CONCURRENT_LIMIT)",
-        "account_rate": "the account's requests-per-minute limit (REPLICATE_REQUESTS_PER_MINUTE)",
-    }
-    what = names.get(exc.scope, exc.scope)
-    return LimitTimeout(
-        f"Timed out after {exc.waited_s:.1f}s waiting for {what} (limit {exc.limit}); "
-        f"retry after {max(1, math.ceil(exc.retry_after_s))}s",
-        scope=exc.scope,
-        limit_id=exc.limit_id if exc.scope == "semaphore" else "account",
-        retry_after_s=exc.retry_after_s,
-    )
-
-
-def _unavailable() -> Unavailable:
-    return Unavailable(
-        "Coordination store (Redis) is unreachable; no generation can start until it is back",
-        headers={"Retry-After": "5"},
-    )
 
 
 def _files(spec: ModelSpec, task: TaskSpec, result: PredictionResult) -> list[GeneratedFile]:

@@ -4,8 +4,11 @@
 --   KEYS[2] holders (ZSET lease id -> expiry ms)     KEYS[3] info (HASH lease id -> holder JSON)
 --   KEYS[4] queue (ZSET waiter id -> ticket)         KEYS[5] qexp (ZSET waiter id -> expiry ms)
 --   KEYS[6] qinfo (HASH waiter id -> waiter record)  KEYS[7] stats (HASH counters)
--- A waiter record (written by acquire_slot) is the waiter JSON with the lease TTL first and the
--- holder JSON last: {"ttl_ms":30000,"replica":"...","since":...,"holder":{...}}.
+--   KEYS[8] pins (ZSET lease id -> ms after which its prediction cannot be running any more)
+--   KEYS[9] orphans (ZSET lease id -> ms it was orphaned; see purge, docs/slot-ownership.md)
+-- A waiter record (written by acquire_slot) is the waiter JSON with the lease TTL and pin
+-- first and the holder JSON last:
+--   {"ttl_ms":30000,"pin_ms":930000,"replica":"...","since":...,"holder":{...}}.
 -- All time comes from the Redis server, never from a client.
 
 local function now_ms()
@@ -19,15 +22,47 @@ local function drop_waiters(ids)
   redis.call('HDEL', KEYS[6], unpack(ids))
 end
 
+-- Raise (never lower) a key's TTL to at least `ttl_ms`.
+local function keep_for(key, ttl_ms)
+  local pttl = redis.call('PTTL', key)
+  if pttl >= 0 and pttl < ttl_ms then
+    redis.call('PEXPIRE', key, ttl_ms)
+  elseif pttl == -1 then
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+end
+
 -- Remove at most `batch` expired holders and expired waiters. Returns how many went.
+-- A holder whose lease is pinned (its prediction may still run at Replicate until the pin) is
+-- not freed: it becomes an orphan, still counted, its score raised to the pin, until a replica
+-- adopts it (adopt_orphans.lua) and releases it once the prediction is terminal, or the pin
+-- passes.
 local function purge(now, batch)
   local gone = 0
   local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, batch)
   if #expired > 0 then
-    redis.call('ZREM', KEYS[2], unpack(expired))
-    redis.call('HDEL', KEYS[3], unpack(expired))
-    redis.call('HINCRBY', KEYS[7], 'expired', #expired)
-    gone = gone + #expired
+    local freed = {}
+    for _, id in ipairs(expired) do
+      local pin = tonumber(redis.call('ZSCORE', KEYS[8], id) or '0')
+      if pin > now then
+        redis.call('ZADD', KEYS[2], pin, id)
+        redis.call('ZADD', KEYS[9], 'NX', now, id)
+        redis.call('HINCRBY', KEYS[7], 'orphaned', 1)
+        for _, key in ipairs({KEYS[2], KEYS[3], KEYS[8], KEYS[9]}) do
+          keep_for(key, pin - now + 1000)
+        end
+      else
+        freed[#freed + 1] = id
+      end
+    end
+    if #freed > 0 then
+      redis.call('ZREM', KEYS[2], unpack(freed))
+      redis.call('HDEL', KEYS[3], unpack(freed))
+      redis.call('ZREM', KEYS[8], unpack(freed))
+      redis.call('ZREM', KEYS[9], unpack(freed))
+      redis.call('HINCRBY', KEYS[7], 'expired', #freed)
+      gone = gone + #freed
+    end
   end
   local stale = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, batch)
   if #stale > 0 then
@@ -44,16 +79,6 @@ local function free_slots(now)
   local grace_until = tonumber(redis.call('HGET', KEYS[1], 'grace_until') or '0')
   if now < grace_until then return 0 end
   return limit - redis.call('ZCARD', KEYS[2])
-end
-
--- Raise (never lower) a key's TTL to at least `ttl_ms`.
-local function keep_for(key, ttl_ms)
-  local pttl = redis.call('PTTL', key)
-  if pttl >= 0 and pttl < ttl_ms then
-    redis.call('PEXPIRE', key, ttl_ms)
-  elseif pttl == -1 then
-    redis.call('PEXPIRE', key, ttl_ms)
-  end
 end
 
 -- Grant on release: give the free slots straight to the queue heads, first come first served,
@@ -115,6 +140,12 @@ local function grant_heads(now, channel, caller, local_token)
       holder = (string.gsub(holder, '"acquired_at":[%d%.eE+%-]+', stamp, 1))
       redis.call('ZADD', KEYS[2], expiry, id)
       redis.call('HSET', KEYS[3], id, holder)
+      local pin_ms = tonumber(string.match(record, '^{"ttl_ms":%d+,"pin_ms":(%d+),') or '0')
+      if pin_ms > 0 then
+        redis.call('ZADD', KEYS[8], now + pin_ms, id)
+        longest = math.max(longest, pin_ms)
+        keep_for(KEYS[8], pin_ms + ttl)
+      end
       ids[#ids + 1] = id
       longest = math.max(longest, ttl)
       if id ~= caller then

@@ -22,6 +22,7 @@ from service.config import Settings
 from service.coordination import Coordinator
 from service.errors import Unavailable
 from service.generation import Generator
+from service.orphans import OrphanKeeper
 from service.upstream import Upstream
 
 
@@ -31,6 +32,7 @@ class Services:
     coordinator: Coordinator
     upstream: Upstream
     generator: Generator
+    orphans: OrphanKeeper | None = None
     # Generation tasks still running: the lifespan cancels and awaits them before closing.
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -98,6 +98,7 @@ def _semaphore(view: SemaphoreView, now: float) -> dict[str, Any]:
         "limit": view.limit,
         "in_use": view.in_use,
         "waiting": view.waiting,
+        "orphans": view.orphans,
         "grace_remaining_s": round(view.grace_remaining_s, 1),
         "oldest_waiter_s": _age(oldest, now),
         "holders": [
@@ -108,6 +109,7 @@ def _semaphore(view: SemaphoreView, now: float) -> dict[str, Any]:
                 "prediction_id": short_id(h.prediction_id),
                 "held_for_s": _age(h.acquired_at, now),
                 "expires_in_s": h.expires_in_s,
+                "state": "orphaned" if h.orphaned else "adopted" if h.adopted_by else "held",
             }
             for h in view.holders[:MAX_HOLDERS]
         ],

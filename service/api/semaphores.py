@@ -159,6 +159,7 @@ async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
             "limit": view.limit,
             "in_use": view.in_use,
             "waiting": view.waiting,
+            "orphans": view.orphans,
             "holders": [
                 {
                     "lease_id": h.lease_id if full else short_id(h.lease_id),
@@ -166,6 +167,10 @@ async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
                     "purpose": h.purpose,
                     "prediction_id": h.prediction_id if full else short_id(h.prediction_id),
                     "expires_in_s": h.expires_in_s,
+                    # docs/slot-ownership.md: "held", "orphaned" (its replica stopped renewing
+                    # while the prediction may run) or "adopted" (another replica settles it)
+                    "state": "orphaned" if h.orphaned else "adopted" if h.adopted_by else "held",
+                    "adopted_by": h.adopted_by,
                 }
                 for h in view.holders
             ],

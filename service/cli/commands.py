@@ -147,12 +147,10 @@ async def delete(ctx: Context, args: argparse.Namespace) -> int:
         raise Refused(f"not deleting {args.id} ({state}) without --yes")
     await registry.delete(args.id)
     if view.in_use:
-        # renew_leases.lua re-creates a semaphore whose meta is gone for holders that renew
-        # (it cannot tell a delete from a Redis data loss), outside the registry index.
+        # docs/redis-keys.md, "Deleting, force-releasing, declared semaphores".
         ctx.warn(
-            f"{view.in_use} leases were live: their replicas will re-create {args.id} at their "
-            "next renewal and keep their slots; release them first (`release ID LEASE_ID`) "
-            "and delete again once no one holds it"
+            f"{view.in_use} leases were live: their holders lose them at their next renewal "
+            "and cancel the predictions they guarded"
         )
     if ctx.as_json:
         ctx.emit(render.dumps({"semaphore_id": args.id, "deleted": True, **_counts(view)}))

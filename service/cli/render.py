@@ -61,6 +61,7 @@ def summary_json(view: SemaphoreView) -> dict[str, Any]:
         "limit": view.limit,
         "in_use": view.in_use,
         "waiting": view.waiting,
+        "orphans": view.orphans,
         "grace_remaining_s": view.grace_remaining_s,
     }
 
@@ -81,6 +82,11 @@ def semaphore_detail(view: SemaphoreView, kind: str, now_unix: float | None = No
         f"waiting {view.waiting}"
     )
     lines = [head]
+    if view.orphans > 0:
+        lines.append(
+            f"orphans: {view.orphans} (their replica stopped renewing while the prediction may "
+            "run; still taken until a replica adopts and settles them)"
+        )
     if view.grace_remaining_s > 0:
         lines.append(
             f"grace after a suspected Redis data loss: no new admissions for "
@@ -94,13 +100,17 @@ def semaphore_detail(view: SemaphoreView, kind: str, now_unix: float | None = No
             h.prediction_id or "-",
             since(h.acquired_at, now_unix),
             expires_in(h.expires_in_s),
+            "orphaned" if h.orphaned else f"adopted by {h.adopted_by}" if h.adopted_by else "held",
         ]
         for h in view.holders
     ]
     lines += [
         "",
         "holders:",
-        table(["LEASE ID", "REPLICA", "PURPOSE", "PREDICTION", "SINCE", "EXPIRES IN"], holders),
+        table(
+            ["LEASE ID", "REPLICA", "PURPOSE", "PREDICTION", "SINCE", "EXPIRES IN", "STATE"],
+            holders,
+        ),
     ]
     waiters = [
         [

@@ -14,6 +14,7 @@ from .errors import (
 from .keys import ACCOUNT, GLOBAL, KeySpace
 from .lease import Holder, Lease
 from .registry import SemaphoreView
+from .semaphore import Orphan
 from .window import WindowResult
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "KeySpace",
     "Lease",
     "LeaseLost",
+    "Orphan",
     "SemaphoreExists",
     "SemaphoreNotFound",
     "SemaphoreView",

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from .connection import HiredisPackingConnection
+from .connection import BoundedConnectionPool, HiredisPackingConnection
 from .errors import CoordinationUnavailable
 from .keys import ACCOUNT, GLOBAL, KeySpace
 from .lease import Holder, Lease, shielded
@@ -24,7 +24,7 @@ from .redis_errors import guarded
 from .registry import SemaphoreRegistry
 from .renewal import Renewer
 from .scripts import Scripts
-from .semaphore import AcquireOptions, Semaphores, WindowAsk
+from .semaphore import AcquireOptions, Orphan, Semaphores, WindowAsk
 from .wake import WakeDispatcher
 from .window import SlidingWindow, WindowResult
 
@@ -32,6 +32,7 @@ log = logging.getLogger("service.coordination")
 
 ACCOUNT_KEYS_TTL_MS = 24 * 3600 * 1000
 ACCOUNT_WINDOW_S = 61.0  # 60 s, plus 1 s for skew between admission here and arrival upstream
+DEFAULT_MAX_CONNECTIONS = 128
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,32 @@ class CoordinatorConfig:
     queue_entry_ttl_s: float = 10.0
     redis_timeout_s: float = 2.0
     declared: dict[str, int] = field(default_factory=dict)
+    # The account creation window's length (ACCOUNT_WINDOW_SECONDS): Replicate's 60 s plus 1 s
+    # of skew margin, shorter only for tests or an upstream that counts differently.
+    account_window_s: float = ACCOUNT_WINDOW_S
+    # The most connections this process opens for commands (the wake subscription adds one).
+    # A command that finds them all busy waits up to `pool_wait_s` (default: redis_timeout_s)
+    # for one, then fails closed with CoordinationSaturated. Opened on demand, kept once opened.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    pool_wait_s: float | None = None
 
 
 class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.keyspace = KeySpace(config.prefix)
-        self.client = aioredis.Redis.from_url(
+        pool = BoundedConnectionPool.from_url(
             config.redis_url,
             socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s,
             # One quick retry survives a pooled connection that died with a Redis restart;
             # more would only delay the fast failure callers need when Redis is down.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-            max_connections=512,
+            max_connections=config.max_connections,
+            timeout=config.redis_timeout_s if config.pool_wait_s is None else config.pool_wait_s,
             connection_class=HiredisPackingConnection,  # rediss:// and unix:// keep their own
         )
+        self.client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
         # Opens the wake subscription's connection (WakeDispatcher health-checks it itself).
         self._pubsub_client = aioredis.Redis.from_url(
             config.redis_url, socket_connect_timeout=config.redis_timeout_s
@@ -119,21 +130,33 @@ class Coordinator:
             grace_ms = self.semaphores.grace_ms_for(GLOBAL, semaphore_id)
             await self.registry.ensure(semaphore_id, limit, grace_ms)
 
+    async def check(self) -> None:
+        """PING Redis; raise CoordinationUnavailable, whose `reason` says what is wrong."""
+        await guarded(self.client.ping())
+
     async def ping(self) -> bool:
         try:
-            return bool(await guarded(self.client.ping()))
+            await self.check()
         except CoordinationUnavailable:
             return False
+        return True
 
     def holder(self, purpose: str = "", prediction_id: str | None = None) -> Holder:
         return Holder(replica=self.replica_id, purpose=purpose, prediction_id=prediction_id)
 
     async def acquire(
-        self, semaphore_id: str, *, timeout_s: float, holder: Holder | None = None
+        self,
+        semaphore_id: str,
+        *,
+        timeout_s: float,
+        holder: Holder | None = None,
+        pin_s: float = 0.0,
     ) -> Lease:
         """A slot of a global semaphore; waits in FIFO order up to `timeout_s`. A semaphore
         declared in this process's configuration is (re)created on demand with its declared
-        limit, like an account semaphore; any other must have been registered."""
+        limit, like an account semaphore; any other must have been registered. With `pin_s`,
+        the slot stays taken (orphaned, then adopted) until that long after admission if this
+        process stops renewing it: for work that may outlive the process (a prediction)."""
         return await self.semaphores.acquire(
             semaphore_id,
             AcquireOptions(
@@ -141,6 +164,7 @@ class Coordinator:
                 kind=GLOBAL,
                 create_limit=self.config.declared.get(semaphore_id, 0),
                 scope="semaphore",
+                pin_ms=int(pin_s * 1000),
             ),
             holder or self.holder(),
         )
@@ -156,6 +180,7 @@ class Coordinator:
         timeout_s: float,
         holder: Holder | None = None,
         limit_per_minute: int = 0,
+        pin_s: float = 0.0,
     ) -> Lease:
         """A slot of an account's concurrency semaphore (created on first use with `limit`).
 
@@ -169,7 +194,7 @@ class Coordinator:
             window = WindowAsk(
                 key=self.keyspace.window(f"{ACCOUNT}:{account}"),
                 limit=limit_per_minute,
-                window_ms=int(ACCOUNT_WINDOW_S * 1000),
+                window_ms=int(self.config.account_window_s * 1000),
             )
         return await self.semaphores.acquire(
             account,
@@ -180,6 +205,7 @@ class Coordinator:
                 keys_ttl_ms=ACCOUNT_KEYS_TTL_MS,
                 scope="account_concurrency",
                 window=window,
+                pin_ms=int(pin_s * 1000),
             ),
             holder or self.holder(),
         )
@@ -197,7 +223,21 @@ class Coordinator:
             f"{ACCOUNT}:{account}",
             limit_per_minute,
             timeout_s,
-            window_s=ACCOUNT_WINDOW_S,
+            window_s=self.config.account_window_s,
             limit_scope="account_rate",
             limit_id=account,
         )
+
+    async def adopt_orphans(self, semaphore_id: str, *, kind: str, count: int) -> list[Orphan]:
+        """Adopt up to `count` orphaned slots of a semaphore (docs/slot-ownership.md)."""
+        return await self.semaphores.adopt(semaphore_id, kind, count)
+
+    async def take_account_rate_once(self, account: str, *, limit_per_minute: int) -> WindowResult:
+        """One try at the account's creation window: admitted with an entry, or the exact wait."""
+        return await self.window.take(
+            f"{ACCOUNT}:{account}", limit_per_minute, self.config.account_window_s
+        )
+
+    async def give_back_account_rate(self, account: str, entry_id: str) -> None:
+        """Return a creation-window entry whose create never happened."""
+        await self.window.give_back(f"{ACCOUNT}:{account}", entry_id)

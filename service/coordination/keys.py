@@ -30,12 +30,24 @@ class SemaphoreKeys:
     qexp: str
     qinfo: str
     stats: str
+    pins: str
+    orphans: str
     channel: str
 
     @property
     def all(self) -> list[str]:
         """In the order every semaphore script expects (redis_scripts/lib/common.lua)."""
-        return [self.meta, self.holders, self.info, self.queue, self.qexp, self.qinfo, self.stats]
+        return [
+            self.meta,
+            self.holders,
+            self.info,
+            self.queue,
+            self.qexp,
+            self.qinfo,
+            self.stats,
+            self.pins,
+            self.orphans,
+        ]
 
     def grant_channel(self, token: str) -> str:
         """Where this semaphore's grants to one process's waiters are announced."""
@@ -59,6 +71,8 @@ class KeySpace:
             qexp=f"{base}:qexp",
             qinfo=f"{base}:qinfo",
             stats=f"{base}:stats",
+            pins=f"{base}:pins",
+            orphans=f"{base}:orphans",
             channel=f"{base}:wake",
         )
 

@@ -8,17 +8,25 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass
 class Holder:
-    """What operators see about a lease holder. Never carries secrets."""
+    """Who holds a lease and what it guards: what operators see, and what a replica that adopts
+    the lease (docs/slot-ownership.md) needs to settle its prediction. Never a plain secret:
+    `sealed_token` is the caller's token sealed with TOKEN_SEALING_KEY, shown to nobody."""
 
     replica: str
     purpose: str = ""
     prediction_id: str | None = None
     acquired_at: float = field(default_factory=time.time)
+    account: str | None = None
+    sealed_token: str | None = field(default=None, repr=False)
+    # What the work was, so that it can be found again if its id was never learned (a create
+    # whose answer never arrived): the model and the exact input.
+    model: str | None = None
+    input: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
         # Every field is a plain value: a shallow dict is enough (asdict copies deeply, slowly).
@@ -32,9 +40,24 @@ class Holder:
         return getattr(self, "remote", False) is True
 
 
+# renew_leases.lua's code per lease: kept, or why it was lost.
+RENEWED, REASSERTED = 1, 2
+LOST_REASONS = {
+    0: "it expired before it could be renewed (this replica stalled or was cut off from Redis)",
+    3: "its semaphore was deleted by an operator",
+    4: (
+        "it was no longer there: taken over by another replica after this one stopped renewing "
+        "it, released by an operator, or expired and purged"
+    ),
+}
+# Said when the local clock, not Redis, finds a lease past its last confirmed validity.
+UNRENEWED = "it could not be renewed in time (Redis unreachable or this replica stalled)"
+
+
 class LeaseOwner(Protocol):
     async def release(self, lease: Lease) -> bool: ...
     async def annotate(self, lease: Lease) -> bool: ...
+    def forget(self, lease: Lease) -> None: ...
 
 
 class Lease:
@@ -78,7 +101,10 @@ class Lease:
         # True when the acquiring call also took an entry of a rate window for the holder's
         # first use of the slot (AcquireOptions.window); see Coordinator.acquire_account.
         self.window_entry = False
+        self.window_entry_id: str | None = None  # its id, to give it back unused
+        self.window_wait_s = 0.0  # when no entry came: how long until the window has room
         self.lost = asyncio.Event()
+        self.lost_reason = ""
         self._on_lost: list[Callable[[Lease], Awaitable[None] | None]] = []
 
     def __repr__(self) -> str:
@@ -100,19 +126,38 @@ class Lease:
         self.released = True
         return await self._owner.release(self)
 
+    def abandon(self) -> None:
+        """Stop renewing without giving the slot back: for a lease whose prediction may still
+        be running. It expires into an orphan that another replica adopts and settles."""
+        if self.released:
+            return
+        self.released = True
+        self._owner.forget(self)
+
     async def set_prediction_id(self, prediction_id: str) -> bool:
         self.holder.prediction_id = prediction_id
         return await self._owner.annotate(self)
 
-    def renewed(self, expires_at_ms: int, epoch: str) -> None:
+    def renewed(self, expires_at_ms: int, epoch: str, sent_at: float | None = None) -> None:
+        """Redis renewed it for one TTL from when it ran the call; `sent_at` (monotonic), before
+        that moment, is the safe local start of the new validity."""
         self.expires_at_ms = expires_at_ms
         self.epoch = epoch
         self.valid_s = self.ttl_s
-        self.renewed_at = time.monotonic()
+        self.renewed_at = time.monotonic() if sent_at is None else sent_at
 
-    def mark_lost(self) -> None:
+    def why_invalid(self) -> str:
+        """Why `is_valid()` is False, in words for the caller (empty while it is valid)."""
+        if self.lost.is_set():
+            return self.lost_reason or UNRENEWED
+        if self.released:
+            return "it was already released"
+        return "" if self.is_valid() else UNRENEWED
+
+    def mark_lost(self, reason: str = UNRENEWED) -> None:
         if self.lost.is_set():
             return
+        self.lost_reason = reason
         self.lost.set()
         for callback in self._on_lost:
             result = callback(self)

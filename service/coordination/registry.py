@@ -22,6 +22,10 @@ class HolderView:
     purpose: str
     prediction_id: str | None
     acquired_at: float | None
+    # docs/slot-ownership.md: its holder stopped renewing while its prediction may run (waiting
+    # for a replica to adopt it), or a replica adopted it and is settling its prediction.
+    orphaned: bool = False
+    adopted_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class SemaphoreView:
     in_use: int
     waiting: int
     grace_remaining_s: float = 0.0
+    orphans: int = 0  # slots whose holder vanished, still taken until adopted and settled
     holders: list[HolderView] = field(default_factory=list)
     waiters: list[WaiterView] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
@@ -148,6 +153,8 @@ class SemaphoreRegistry:
         pipe.hgetall(keys.meta)
         pipe.zrange(keys.holders, 0, -1, withscores=True)
         pipe.zcount(keys.qexp, f"({now_ms}", "+inf")
+        pipe.zrange(keys.orphans, 0, -1)
+        pipe.zrangebyscore(keys.pins, f"({now_ms}", "+inf")
         if detail:
             pipe.hgetall(keys.info)
             pipe.zrange(keys.queue, 0, 99)
@@ -160,7 +167,16 @@ class SemaphoreRegistry:
         meta = _decode_map(replies[1])
         if "limit" not in meta:
             raise SemaphoreNotFound(semaphore_id)
-        live = [(_s(m), float(score)) for m, score in replies[2] if float(score) > now_ms]
+        # A pinned holder whose lease expired is still counted until its pin passes: the next
+        # acquire orphans it rather than freeing it (docs/slot-ownership.md).
+        pinned = {_s(m) for m in replies[5]}
+        live = [
+            (_s(m), float(score))
+            for m, score in replies[2]
+            if float(score) > now_ms or _s(m) in pinned
+        ]
+        # Orphans, and pinned holders that expired but no script has orphaned yet.
+        orphaned = {_s(m) for m in replies[4]} | {m for m, expiry in live if expiry <= now_ms}
         grace_ms = max(0.0, float(meta.get("grace_until", "0")) - now_ms)
         view = SemaphoreView(
             semaphore_id=semaphore_id,
@@ -168,12 +184,13 @@ class SemaphoreRegistry:
             in_use=len(live),
             waiting=int(replies[3]),
             grace_remaining_s=grace_ms / 1000,
+            orphans=len(orphaned),
         )
         if not detail:
             return view
-        info = _decode_map(replies[4])
-        qexp = {_s(m): float(score) for m, score in replies[6]}
-        qinfo = _decode_map(replies[7])
+        info = _decode_map(replies[6])
+        qexp = {_s(m): float(score) for m, score in replies[8]}
+        qinfo = _decode_map(replies[9])
         holders = []
         for lease_id, expiry in sorted(live, key=lambda item: item[1]):
             data = _json(info.get(lease_id))
@@ -185,10 +202,12 @@ class SemaphoreRegistry:
                     purpose=str(data.get("purpose", "")),
                     prediction_id=data.get("prediction_id"),
                     acquired_at=data.get("acquired_at"),
+                    orphaned=lease_id in orphaned,
+                    adopted_by=data.get("adopted_by"),
                 )
             )
         waiters = []
-        live_waiters = [_s(raw) for raw in replies[5] if qexp.get(_s(raw), 0) > now_ms]
+        live_waiters = [_s(raw) for raw in replies[7] if qexp.get(_s(raw), 0) > now_ms]
         for position, waiter_id in enumerate(live_waiters, start=1):
             data = _json(qinfo.get(waiter_id))
             waiters.append(
@@ -200,13 +219,14 @@ class SemaphoreRegistry:
                     expires_in_s=round((qexp.get(waiter_id, now_ms) - now_ms) / 1000, 3),
                 )
             )
-        counters = {k: int(v) for k, v in _decode_map(replies[8]).items()}
+        counters = {k: int(v) for k, v in _decode_map(replies[10]).items()}
         return SemaphoreView(
             semaphore_id=view.semaphore_id,
             limit=view.limit,
             in_use=view.in_use,
             waiting=view.waiting,
             grace_remaining_s=view.grace_remaining_s,
+            orphans=view.orphans,
             holders=holders,
             waiters=waiters,
             counters=counters,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from .coordinator import Coordinator
 from .keys import GLOBAL
-from .lease import Holder, Lease
+from .lease import REASSERTED, RENEWED, Holder, Lease
 from .redis_errors import guarded
 
 # The longest `holder` text a remote client may attach (shown to operators).
@@ -100,7 +100,7 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
             [ttl_ms, 0, 0, 0, lease_id, epoch_text, holder_json],
         )
     )
-    return int(reply[0]) if int(reply[2]) != 0 else None
+    return int(reply[0]) if int(reply[2]) in (RENEWED, REASSERTED) else None
 
 
 async def release_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> bool:

@@ -32,7 +32,7 @@ from redis import exceptions as redis_exceptions
 
 from .errors import CoordinationUnavailable
 from .keys import KeySpace
-from .lease import Lease
+from .lease import LOST_REASONS, REASSERTED, RENEWED, UNRENEWED, Lease
 from .redis_errors import guarded
 from .scripts import Scripts
 from .semaphore import Semaphores
@@ -100,7 +100,25 @@ class Renewer:
                 # soon so a short Redis blip does not cost them.
                 log.warning("lease renewal failed", extra={"error": type(exc).__name__})
                 delay = min(1.0, self.interval_s)
+            self.fence()
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+    def fence(self) -> None:
+        """Give up, locally, every lease whose last confirmed renewal is too old to trust (Redis
+        unreachable, or this process stalled): its holder stops the work it guards (a
+        generation cancels its prediction) before Redis could count the lease expired."""
+        for lease in list(self._semaphores.held.values()):
+            if lease.released or lease.lost.is_set() or lease.is_valid():
+                continue
+            self._semaphores.held.pop(lease.lease_id, None)
+            self.lost_total += 1
+            log.warning(
+                "lease given up: not renewed in time",
+                extra={"semaphore_id": lease.semaphore_id, "kind": lease.kind},
+            )
+            lease.mark_lost(UNRENEWED)
+            for listener in self.on_lost:
+                listener(lease)
 
     def renew_soon(self, lease: Lease) -> None:
         """Renew a lease granted with less than a full TTL, soon and together with others."""
@@ -217,6 +235,7 @@ class Renewer:
         ]
         for lease in leases:
             args += [lease.lease_id, lease.epoch, lease.holder.to_json()]
+        sent_at = time.monotonic()
         reply = await guarded(self._scripts.call("renew_leases", keys.all, args))
         expiry = int(reply[0])
         epoch = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
@@ -224,15 +243,21 @@ class Renewer:
             if lease.released or lease.lost.is_set():
                 continue  # released while the renewal was in flight (not lost, just gone), or
                 # already reported lost by a concurrent renewal
-            if int(code) == 0:
+            if int(code) not in (RENEWED, REASSERTED):
                 self._semaphores.held.pop(lease.lease_id, None)
                 self.lost_total += 1
+                reason = LOST_REASONS.get(int(code), UNRENEWED)
                 log.warning(
                     "lease lost",
-                    extra={"semaphore_id": lease.semaphore_id, "lease_id": lease.lease_id},
+                    extra={
+                        "semaphore_id": lease.semaphore_id,
+                        "kind": lease.kind,
+                        "lease_id": lease.lease_id,
+                        "reason": reason,
+                    },
                 )
-                lease.mark_lost()
+                lease.mark_lost(reason)
                 for listener in self.on_lost:
                     listener(lease)
             else:
-                lease.renewed(expiry, epoch)
+                lease.renewed(expiry, epoch, sent_at)

@@ -52,6 +52,7 @@ class Scripts:
         "set_limit",
         "delete_semaphore",
         "take_window",
+        "adopt_orphans",
     )
 
     def __init__(self, client: aioredis.Redis) -> None:

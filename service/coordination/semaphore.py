@@ -41,6 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import AcquireTimeout, SemaphoreNotFound
 from .keys import GLOBAL, KeySpace, SemaphoreKeys
@@ -69,6 +70,21 @@ class AcquireOptions:
     # Also take one entry of this window (same hash tag as the semaphore) whenever acquire_slot
     # itself admits the caller: its first use of the slot then needs no call of its own for it.
     window: WindowAsk | None = None
+    # The lease guards work that may go on elsewhere until this long after admission (a
+    # prediction at Replicate): expired unrenewed before then, it is orphaned, not freed.
+    pin_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An orphaned slot this process adopted: `lease` is now its own (renewed, to be released
+    once the work it guards is known finished); `record` is what its first holder wrote."""
+
+    lease: Lease
+    previous_lease_id: str
+    record: dict[str, Any]
+    pin_in_s: float  # until the work cannot be running any more
+    orphaned_for_s: float
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ class Semaphores:
         # semaphore it creates right after an unnoticed Redis restart still gets its grace.
         self.refresh_epoch: Callable[[], Awaitable[None]] | None = None
         self.on_acquired: list[LeaseListener] = []
+        # Told (kind, semaphore id) when a reply shows orphans waiting for adoption.
+        self.on_orphans: list[Callable[[str, str], None]] = []
         self.on_released: list[LeaseListener] = []
         # Set by the Renewer: bring a lease granted by a release (which lapses with its queue
         # entry) to a full TTL, in the background with others, or now (detached leases).
@@ -152,9 +170,10 @@ class Semaphores:
         queue = "1" if options.timeout_s > 0 else "0"
         script_keys = keys.all
         window_args: list[object] = []
+        window_entry_id = secrets.token_hex(8)
         if options.window is not None:
             script_keys = [*keys.all, options.window.key]
-            window_args = [options.window.limit, options.window.window_ms, secrets.token_hex(8)]
+            window_args = [options.window.limit, options.window.window_ms, window_entry_id]
         acquired = False
 
         def lease_of(expires_at_ms: int, epoch: str, limit: int, valid_s: float | None) -> Lease:
@@ -209,6 +228,7 @@ class Semaphores:
                             options.keys_ttl_ms,
                             keys.channel,
                             waiter_json,
+                            options.pin_ms,
                             *window_args,
                         ],
                     )
@@ -216,12 +236,17 @@ class Semaphores:
                 status = int(reply[0])
                 if status == -1:
                     raise SemaphoreNotFound(semaphore_id)
+                if int(reply[5]) > 0:
+                    self._notice_orphans(options.kind, semaphore_id)
                 if status == 1:
                     # Admitted, or granted earlier (then extended to a full TTL by this call):
                     # a grant message still on its way is stale.
                     self._dispatcher.take_grant(lease_id)
                     lease = lease_of(int(reply[1]), _text(reply[2]), int(reply[4]), None)
-                    lease.window_entry = len(reply) > 5 and int(reply[5]) == 1
+                    if len(reply) > 6:
+                        lease.window_entry = int(reply[6]) == 1
+                        lease.window_entry_id = window_entry_id if lease.window_entry else None
+                        lease.window_wait_s = int(reply[7]) / 1000
                     acquired = True
                     return self._admitted(lease, started)
                 position, hint_ms, limit = int(reply[1]), int(reply[2]), int(reply[4])
@@ -237,8 +262,10 @@ class Semaphores:
                     )
                 await wake.wait(min(hint_ms / 1000, remaining))
         except BaseException as exc:
-            if not acquired:
+            if not acquired and not (queue == "0" and isinstance(exc, AcquireTimeout)):
                 # Also frees a slot granted to this id that it never took (or took too late).
+                # (A try-once that found no slot never queued: nothing to clean up, and it did
+                # not time out.)
                 counter = "timed_out" if isinstance(exc, AcquireTimeout) else ""
                 await shielded(self._release_id(keys, lease_id, counter))
             raise
@@ -265,6 +292,63 @@ class Semaphores:
         if self.renew_now is not None:
             await self.renew_now(lease)
         return not lease.lost.is_set()
+
+    def _notice_orphans(self, kind: str, semaphore_id: str) -> None:
+        for listener in self.on_orphans:
+            listener(kind, semaphore_id)
+
+    async def adopt(self, semaphore_id: str, kind: str, count: int) -> list[Orphan]:
+        """Claim up to `count` orphans of a semaphore (adopt_orphans.lua): each becomes a lease
+        of this process, renewed like its own, until its holder releases it."""
+        keys = self._keyspace.semaphore(semaphore_id, kind)
+        new_ids = [self._dispatcher.new_waiter_id() for _ in range(count)]
+        reply = await guarded(
+            self._scripts.call(
+                "adopt_orphans", keys.all, [self.lease_ttl_ms, self._replica_id, *new_ids]
+            )
+        )
+        now_ms, epoch, limit = int(reply[0]), _text(reply[1]), int(reply[2])
+        orphans: list[Orphan] = []
+        for i in range(3, len(reply), 5):
+            lease_id, old_id, raw_record = _text(reply[i]), _text(reply[i + 1]), reply[i + 2]
+            pin_ms, orphaned_ms = int(reply[i + 3]), int(reply[i + 4])
+            try:
+                record = json.loads(_text(raw_record))
+            except ValueError:
+                record = {}
+            if not isinstance(record, dict):
+                record = {}
+            lease = Lease(
+                owner=self,
+                semaphore_id=semaphore_id,
+                kind=kind,
+                lease_id=lease_id,
+                expires_at_ms=now_ms + self.lease_ttl_ms,
+                epoch=epoch,
+                limit=limit,
+                ttl_s=self.lease_ttl_s,
+                holder=Holder(
+                    replica=self._replica_id,
+                    purpose=f"adopted: {record.get('purpose', '')}",
+                    prediction_id=record.get("prediction_id"),
+                ),
+                keys_ttl_ms=0,
+            )
+            self.held[lease_id] = lease
+            orphans.append(
+                Orphan(
+                    lease=lease,
+                    previous_lease_id=old_id,
+                    record=record,
+                    pin_in_s=(pin_ms - now_ms) / 1000,
+                    orphaned_for_s=max(0, now_ms - orphaned_ms) / 1000,
+                )
+            )
+        return orphans
+
+    def forget(self, lease: Lease) -> None:
+        """Stop renewing a lease without releasing it (Lease.abandon)."""
+        self.held.pop(lease.lease_id, None)
 
     async def release(self, lease: Lease) -> bool:
         self.held.pop(lease.lease_id, None)

@@ -33,6 +33,7 @@ class WindowResult:
     admitted: bool
     remaining: int
     wait_s: float
+    entry_id: str = ""  # the admitted entry, for give_back
 
 
 class SlidingWindow:
@@ -42,16 +43,26 @@ class SlidingWindow:
         self._keyspace = keyspace
 
     async def take(self, scope: str, limit: int, window_s: float = WINDOW_S) -> WindowResult:
+        entry_id = secrets.token_hex(8)
         reply = await guarded(
             self._scripts.call(
                 "take_window",
                 [self._keyspace.window(scope)],
-                [limit, int(window_s * 1000), secrets.token_hex(8)],
+                [limit, int(window_s * 1000), entry_id],
             )
         )
+        admitted = int(reply[0]) == 1
         return WindowResult(
-            admitted=int(reply[0]) == 1, remaining=int(reply[1]), wait_s=int(reply[2]) / 1000
+            admitted=admitted,
+            remaining=int(reply[1]),
+            wait_s=int(reply[2]) / 1000,
+            entry_id=entry_id if admitted else "",
         )
+
+    async def give_back(self, scope: str, entry_id: str) -> None:
+        """Remove an entry whose admission was never used (the request it admitted was not
+        made), so that it does not count against the window."""
+        await guarded(self._client.zrem(self._keyspace.window(scope), entry_id))
 
     async def wait_take(
         self,

@@ -10,6 +10,8 @@
     semaphore_wait_seconds{scope}                     histogram scope: semaphore|account_concurrency
     leases_lost_total{scope}                          counter  (Renewer.on_lost)
     limit_timeouts_total{scope}                       counter  (a 429 naming the limit it waited on)
+    event_loop_lag_seconds                            histogram how late the loop ran a timer
+    event_loop_lag_max_seconds                        gauge    largest lag in the last 60 s
     coordination_up                                   gauge    1 if Redis answered this scrape
     semaphore_limit{semaphore_id}                     gauge    ┐ read from Redis at scrape time,
     semaphore_in_use{semaphore_id}                    gauge    │ registered global semaphores
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -56,6 +59,7 @@ from prometheus_client.registry import Collector
 
 from service.coordination import GLOBAL, CoordinationError, Coordinator, Lease, SemaphoreView
 from service.errors import Unavailable
+from service.observability.loop_lag import RecentMax
 
 log = logging.getLogger("service.observability")
 
@@ -66,6 +70,8 @@ SCRAPE_REDIS_TIMEOUT_S = 1.0
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 GENERATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# From "unnoticeable" to "longer than a lease TTL" (LEASE_TTL_SECONDS, 30 s by default).
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LIMIT_SCOPES = frozenset(
@@ -201,12 +207,40 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.orphans_settled = Counter(
+            "orphans_settled_total",
+            "Orphaned slots (their replica stopped renewing while the prediction could run) this "
+            "replica adopted and gave back, by how: cancelled, ended (already terminal), "
+            "waited_out (held until the prediction's hard deadline)",
+            ["outcome"],
+            registry=r,
+        )
+        self.orphan_settle_seconds = Histogram(
+            "orphan_settle_seconds",
+            "From a slot being orphaned to it being given back, for orphans this replica settled",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 1800),
+            registry=r,
+        )
         self.limit_timeouts = Counter(
             "limit_timeouts_total",
             "Requests refused after waiting too long on a limit (HTTP 429), by limit",
             ["scope"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late the event loop woke a timer (scheduling delay), sampled every 0.1 s; a "
+            "stall longer than the lease TTL loses leases",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self._recent_lag = RecentMax()
+        self.loop_lag_max = Gauge(
+            "event_loop_lag_max_seconds",
+            "Largest event-loop lag sampled in the last 60 s",
+            registry=r,
+        )
+        self.loop_lag_max.set_function(lambda: self._recent_lag.value(time.monotonic()))
         self.info = Gauge(
             "service_info",
             "Version and replica id of this process",
@@ -255,6 +289,16 @@ class Metrics:
     def observe_lost(self, lease: Lease) -> None:
         """Renewer.on_lost listener."""
         self.leases_lost.labels(scope=lease_scope(lease)).inc()
+
+    def observe_orphan(self, outcome: str, seconds: float) -> None:
+        """OrphanKeeper.on_settled listener."""
+        self.orphans_settled.labels(outcome=outcome).inc()
+        self.orphan_settle_seconds.observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        """LoopLagMonitor listener: one lag sample."""
+        self.loop_lag.observe(seconds)
+        self._recent_lag.add(time.monotonic(), seconds)
 
     def observe_limit_timeout(self, scope: str) -> None:
         self.limit_timeouts.labels(scope=scope if scope in LIMIT_SCOPES else "other").inc()

@@ -531,7 +531,8 @@ async def test_redis_down_fails_closed_fast_and_recovers(
     own_redis_server: RedisServer, simulator: SimulatorHandle
 ) -> None:
     mark_store_known(own_redis_server.url)
-    settings = settings_for(own_redis_server.url, simulator.base_url)
+    # The shortest lease TTL: the recovery below waits out one TTL of grace.
+    settings = settings_for(own_redis_server.url, simulator.base_url, lease_ttl_seconds=1.0)
     async with running_api(settings) as api:
         assert (await api.post("/generate", json=flux(), headers=ADMIN)).status_code == 200
         own_redis_server.stop()

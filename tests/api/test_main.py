@@ -172,3 +172,26 @@ def test_bad_setting_exits_2_naming_the_variable(variable: str, value: str) -> N
     assert "Traceback" not in result.stderr + result.stdout
     assert secret not in result.stderr + result.stdout
     assert re.search(r"Invalid configuration", result.stderr)
+
+
+def test_help_prints_the_settings_and_exits_without_serving() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "REDIS_URL" in done.stdout and "TOKEN_SEALING_KEY" in done.stdout
+    assert READY_PREFIX not in done.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "1"],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert wrong.returncode == 2 and "--help" in wrong.stdout

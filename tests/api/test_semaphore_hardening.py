@@ -119,13 +119,22 @@ async def test_detail_without_the_admin_key_shows_shortened_ids_only(api: Api) -
         "limit",
         "in_use",
         "waiting",
+        "orphans",
         "holders",
         "waiters",
         "counters",
     }
     assert (body["limit"], body["in_use"], body["waiting"]) == (2, 1, 0)
     [holder] = body["holders"]
-    assert set(holder) == {"lease_id", "replica", "purpose", "prediction_id", "expires_in_s"}
+    assert set(holder) == {
+        "lease_id",
+        "replica",
+        "purpose",
+        "prediction_id",
+        "expires_in_s",
+        "state",
+        "adopted_by",
+    }
     assert holder["lease_id"] == lease.lease_id[:SHORT_ID_CHARS]
     assert holder["prediction_id"] == PREDICTION_ID[:SHORT_ID_CHARS]
     assert lease.lease_id not in public.text and PREDICTION_ID not in public.text

@@ -95,7 +95,16 @@ async def test_detail_shows_holders_and_waiters(api: Api) -> None:
         body = (await api.get("/global-semaphores/held", headers=ADMIN)).json()
         assert body["in_use"] == 1
         [holder] = body["holders"]
-        assert set(holder) == {"lease_id", "replica", "purpose", "prediction_id", "expires_in_s"}
+        assert set(holder) == {
+            "lease_id",
+            "replica",
+            "purpose",
+            "prediction_id",
+            "expires_in_s",
+            "state",
+            "adopted_by",
+        }
+        assert holder["state"] == "held" and holder["adopted_by"] is None
         assert holder["lease_id"] == lease.lease_id
         assert holder["replica"] == "api-test"
         assert holder["purpose"] == "test holder"

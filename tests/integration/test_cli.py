@@ -124,6 +124,7 @@ async def test_create_list_and_show_real_holders_and_waiters(
                     "limit": 2,
                     "in_use": 2,
                     "waiting": 1,
+                    "orphans": 0,
                     "grace_remaining_s": 0,
                 }
             ]
@@ -286,6 +287,7 @@ async def test_window_shows_admissions_next_free_slot_and_the_account_semaphore(
                 "limit": 4,
                 "in_use": 1,
                 "waiting": 0,
+                "orphans": 0,
                 "grace_remaining_s": 0,
             },
             "creations_in_window": 3,

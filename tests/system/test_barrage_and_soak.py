@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import time
 from typing import Any
 
@@ -12,9 +13,16 @@ import httpx
 import pytest
 
 from tests.fixtures.cluster import ADMIN_KEY, TOKEN, Cluster, admin_headers, running_cluster
-from tests.system.helpers import max_overlap
+from tests.system.helpers import eventually, max_overlap
 
 pytestmark = [pytest.mark.system, pytest.mark.redis]
+
+
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The cluster the system tests share (tests/system/conftest.py)."""
+    return shared_cluster
+
 
 ADMIN = {"X-Admin-API-Key": ADMIN_KEY}
 JSON = {"Content-Type": "application/json"}
@@ -136,14 +144,23 @@ def test_every_hostile_request_gets_a_4xx_json_error_and_the_replica_stays_healt
     assert ADMIN_KEY not in cluster.logs() and TOKEN not in cluster.logs()
 
 
-SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+# Opt-in: CI sets SOAK_SECONDS=300 (.ci/run); locally the soak runs only when asked for.
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS") or 0)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SOAK_SECONDS + 180)
-async def test_soak_with_random_replica_kills_loses_nothing_and_leaks_nothing() -> None:
+async def test_soak_with_random_replica_kills_and_freezes_loses_nothing_and_leaks_nothing() -> None:
+    """Predictions of seconds, longer than the lease TTL; replicas killed, frozen and restarted
+    at random while they hold slots. Never more than the limit running at the simulator, and at
+    the end no slot, orphan or queue entry left (docs/slot-ownership.md)."""
+    if SOAK_SECONDS <= 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("SOAK_SECONDS is not set; CI runs the soak (.ci/run sets 300)")
+        pytest.skip("SOAK SKIPPED: opt-in locally, set SOAK_SECONDS=60 (CI runs 300) to run it")
     rng = random.Random(11)
-    with running_cluster(env={"LEASE_TTL_SECONDS": "2"}, latency=0.2, jitter=0.5) as cluster:
+    env = {"LEASE_TTL_SECONDS": "2", "PREFER_WAIT_SECONDS": "1"}
+    with running_cluster(env=env, latency=3.0, jitter=0.5) as cluster:
         httpx.post(
             cluster.url(0) + "/global-semaphores",
             json={"semaphore_id": "soak", "limit": 5},
@@ -151,7 +168,7 @@ async def test_soak_with_random_replica_kills_loses_nothing_and_leaks_nothing() 
             timeout=10,
         ).raise_for_status()
         end = time.monotonic() + SOAK_SECONDS
-        outcomes = {"ok": 0, "killed": 0, "other": 0}
+        outcomes = {"ok": 0, "killed": 0, "other": 0, "lost": 0}
         answered_tasks = 0
 
         async def caller(index: int) -> None:
@@ -185,6 +202,13 @@ async def test_soak_with_random_replica_kills_loses_nothing_and_leaks_nothing() 
                                 },
                             )
                         outcomes["ok" if response.status_code == 200 else "other"] += 1
+                        if response.status_code == 502 and any(
+                            # a frozen replica's caller: its slot was taken over, or its create
+                            # timed out while it was frozen
+                            text in response.text
+                            for text in ("Lost the slot", "did not answer the create request")
+                        ):
+                            outcomes["lost"] += 1
                     except httpx.TransportError:
                         outcomes["killed"] += 1  # its replica was killed under it
                         await asyncio.sleep(0.2)
@@ -193,21 +217,38 @@ async def test_soak_with_random_replica_kills_loses_nothing_and_leaks_nothing() 
             while time.monotonic() < end - 5:
                 await asyncio.sleep(rng.uniform(4, 8))
                 victim = rng.randrange(cluster.count)
-                cluster.stop_replica(victim)
-                await asyncio.sleep(0.5)
-                cluster.start_replica(victim)
-                await asyncio.to_thread(cluster.wait_ready, victim)
+                if rng.random() < 0.5:
+                    cluster.stop_replica(victim)  # SIGKILL
+                    await asyncio.sleep(0.5)
+                    cluster.start_replica(victim)
+                    await asyncio.to_thread(cluster.wait_ready, victim)
+                else:  # a freeze, shorter or longer than the lease TTL
+                    cluster.signal(victim, signal.SIGSTOP)
+                    await asyncio.sleep(rng.uniform(0.5, 6))
+                    cluster.signal(victim, signal.SIGCONT)
 
         await asyncio.gather(*(caller(i) for i in range(12)), chaos())
         assert outcomes["ok"] > 50, outcomes
-        assert outcomes["other"] == 0, outcomes
-        # Nothing leaked: after one lease TTL every slot and queue entry is gone.
-        await asyncio.sleep(2.5)
-        client = cluster.redis.sync_client()
+        # A frozen replica's callers may learn that their slot was taken over; nothing else.
+        assert outcomes["other"] <= outcomes["lost"], outcomes
+        # Orphans left by the last kills are settled by the next replica that waits on the
+        # semaphore: one more request, then nothing may be left at all.
+        async with httpx.AsyncClient(timeout=60, headers=admin_headers()) as client:
+            last = await client.post(
+                cluster.url(0) + "/generate",
+                json={"model_name": "flux-dev", "prompt": "last", "external_semaphore_id": "soak"},
+            )
+        assert last.status_code == 200, last.text
+        redis_client = cluster.redis.sync_client()
         keys = "rcg:{sem:soak}"
-        now_ms = int(client.time()[0]) * 1000
-        assert client.zcount(f"{keys}:holders", now_ms, "+inf") == 0
-        assert client.zcard(f"{keys}:queue") == 0
+
+        def nothing_left() -> bool:
+            return (
+                redis_client.zcard(f"{keys}:holders") == 0
+                and redis_client.zcard(f"{keys}:orphans") == 0
+                and redis_client.zcard(f"{keys}:queue") == 0
+            )
+
+        await eventually(nothing_left, 30)
         stats = cluster.token_stats()
-        # A killed replica's predictions end (0.3 s at most) long before its leases expire (2 s).
         assert max_overlap(stats["intervals"]) <= 5

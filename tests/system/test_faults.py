@@ -14,6 +14,13 @@ from tests.system.helpers import create_semaphore, eventually, max_overlap, post
 pytestmark = [pytest.mark.system, pytest.mark.redis]
 
 
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Cluster:
+    """The cluster the system tests share (tests/system/conftest.py): reset before each test,
+    replicas a test killed or stopped run again; each test uses semaphores of its own."""
+    return shared_cluster
+
+
 def body(prompt: str, **extra: object) -> dict[str, object]:
     return {"model_name": "flux-dev", "prompt": prompt, **extra}
 
@@ -27,9 +34,13 @@ def start_requests(
     ]
 
 
-async def test_a_killed_replicas_slots_come_back_within_one_ttl(cluster: Cluster) -> None:
+async def test_a_killed_replicas_slots_come_back_once_its_predictions_ended(
+    cluster: Cluster,
+) -> None:
+    """Its leases expire within one TTL, but its predictions still run at Replicate: the slots
+    stay taken (orphans, docs/slot-ownership.md) until those end, and only then come back."""
     create_semaphore(cluster, "crash", 2)
-    cluster.sim("PATCH", "/_sim/config", json={"latency_s": 30})
+    cluster.sim("PATCH", "/_sim/config", json={"latency_s": 6})
     async with httpx.AsyncClient(timeout=60, headers=admin_headers()) as client:
         doomed = start_requests(client, cluster.url(0), 3, external_semaphore_id="crash")
         await eventually(lambda: semaphore_view(cluster, "crash")["in_use"] == 2, 10)
@@ -37,39 +48,47 @@ async def test_a_killed_replicas_slots_come_back_within_one_ttl(cluster: Cluster
         cluster.stop_replica(0)  # SIGKILL: no release, no cancel
         await asyncio.gather(*doomed, return_exceptions=True)
         cluster.sim("PATCH", "/_sim/config", json={"latency_s": 0.2})
-        # Lease TTL is 3 s: the slots come back within it, and the dead waiter vanishes.
-        waited = await eventually(lambda: semaphore_view(cluster, "crash", 1)["in_use"] == 0, 6)
-        assert waited <= 3.5
+        # One TTL (3 s) later the leases have expired, but the slots are still taken.
+        await asyncio.sleep(3.5)
+        assert semaphore_view(cluster, "crash", 1)["in_use"] == 2
+        # The dead waiter vanishes; a newcomer gets a slot once the predictions ended.
         await eventually(lambda: semaphore_view(cluster, "crash", 1)["waiting"] == 0, 15)
         response = await client.post(
             cluster.url(1) + "/generate", json=body("after", external_semaphore_id="crash")
         )
-        assert response.status_code == 200
+        assert response.status_code == 200, response.text
+    stats = cluster.token_stats()
+    assert max_overlap(stats["intervals"]) <= 2
+    doomed_ends = sorted(end for start, end in stats["intervals"][:2])
+    assert stats["intervals"][2][0] >= doomed_ends[0]
 
 
 async def test_a_frozen_replica_learns_its_lease_is_lost_and_does_not_over_admit(
     cluster: Cluster,
 ) -> None:
+    """Frozen past its lease's TTL while its prediction runs: the slot stays taken until another
+    replica, waiting for it, adopts the orphan and settles its prediction; the frozen replica,
+    back, finds its lease taken over and says so."""
     create_semaphore(cluster, "freeze", 1)
-    cluster.sim("PATCH", "/_sim/config", json={"latency_s": 12})
+    cluster.sim("PATCH", "/_sim/config", json={"latency_s": 8})
     async with httpx.AsyncClient(timeout=60, headers=admin_headers()) as client:
         frozen = start_requests(client, cluster.url(0), 1, external_semaphore_id="freeze")
         await eventually(lambda: semaphore_view(cluster, "freeze", 1)["in_use"] == 1, 10)
         cluster.signal(0, signal.SIGSTOP)
-        await eventually(lambda: semaphore_view(cluster, "freeze", 1)["in_use"] == 0, 8)
-        cluster.sim("PATCH", "/_sim/config", json={"latency_s": 4})
+        cluster.sim("PATCH", "/_sim/config", json={"latency_s": 1})
         replacement = start_requests(client, cluster.url(1), 1, external_semaphore_id="freeze")
-        await eventually(lambda: semaphore_view(cluster, "freeze", 1)["in_use"] == 1, 10)
-        cluster.signal(0, signal.SIGCONT)
-        # The frozen replica finds its lease lost and cancels its prediction.
-        first = (await asyncio.gather(*frozen))[0]
-        assert first.status_code == 502, first.text
-        assert "Lost the slot" in first.json()["error"]
         assert (await asyncio.gather(*replacement))[0].status_code == 200
+        cluster.signal(0, signal.SIGCONT)
+        first = (await asyncio.gather(*frozen))[0]
+        # Frozen while its create was held open, it may also find that request timed out.
+        assert first.status_code == 502, first.text
+        error = first.json()["error"]
+        assert "Lost the slot" in error or "did not answer the create request" in error
     stats = cluster.token_stats()
-    assert stats["by_status"].get("canceled", 0) == 1
+    assert max_overlap(stats["intervals"]) <= 1
     view = semaphore_view(cluster, "freeze")
-    assert view["in_use"] == 0 and view["counters"].get("lost", 0) >= 1
+    assert view["in_use"] == 0
+    assert view["counters"].get("orphaned", 0) >= 1 and view["counters"].get("adopted", 0) >= 1
 
 
 async def test_redis_outage_fails_fast_and_recovers_without_over_admission() -> None:

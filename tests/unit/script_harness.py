@@ -60,6 +60,7 @@ class Harness:
         queue_ttl_ms: int = 3000,
         holder: dict[str, Any] | None = None,
         window: tuple[str, int, int, str] | None = None,
+        pin_ms: int = 0,
     ) -> list[Any]:
         """`window`: (log key, limit, window ms, request id) to take an entry with the slot."""
         keys, extra = self.keys.all, []
@@ -81,6 +82,7 @@ class Harness:
                     0,
                     self.keys.channel,
                     json.dumps({"replica": "r", "since": 1.5}),
+                    pin_ms,
                     *extra,
                 ],
             )
@@ -101,6 +103,9 @@ class Harness:
         for lease_id, epoch in leases:
             args += [lease_id, epoch, "{}"]
         return list(self.run("renew_leases", self.keys.all, args))
+
+    def adopt(self, new_ids: list[str], *, ttl_ms: int = 1000) -> list[Any]:
+        return list(self.run("adopt_orphans", self.keys.all, [ttl_ms, "adopter", *new_ids]))
 
     def take(self, limit: int, request_id: str, window_ms: int = 60_000) -> list[int]:
         return [
@@ -136,6 +141,31 @@ class Harness:
         """The scripts' `now` (fakeredis TIME: rounded to the microsecond, then ms floored)."""
         return round(self.clock.now * 1_000_000) // 1000
 
+    def annotate(self, lease_id: str, holder: dict[str, Any]) -> int:
+        """annotate_lease: replace a held lease's holder JSON (1), or 0 if it is not held."""
+        return int(
+            self.run(
+                "annotate_lease",
+                [self.keys.holders, self.keys.info],
+                [lease_id, json.dumps(holder, separators=(",", ":"))],
+            )
+        )
+
+    def drain_published(self) -> list[tuple[str, str]]:
+        """Like `published_on`, without waiting: what is already delivered (fakeredis delivers a
+        PUBLISH synchronously)."""
+        out: list[tuple[str, str]] = []
+        while True:
+            message = self.pubsub.get_message(timeout=0)
+            if message is None:
+                return out
+            if message["type"] in ("message", "pmessage"):
+                out.append((message["channel"].decode(), message["data"].decode()))
+
+    def members(self, key: str) -> dict[str, int]:
+        """A sorted set's members and scores (holders, pins, orphans, queue, qexp)."""
+        return {m.decode(): int(s) for m, s in self.client.zrange(key, 0, -1, withscores=True)}
+
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
@@ -147,3 +177,14 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 @pytest.fixture
 def harness(clock: FakeClock) -> Harness:
     return Harness(clock)
+
+
+def redis_clock(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
+    """Make `clock` the fake Redis server's only clock: for TIME (as the `clock` fixture does)
+    and for key expiry too. fakeredis otherwise expires keys (PEXPIRE, PTTL) by the wall clock,
+    so under a controlled clock a key's TTL would never run out, or run out at a wall-clock
+    moment that has nothing to do with the test."""
+    from fakeredis._socket import _base
+
+    monkeypatch.setattr(server_mixin, "time", clock)
+    monkeypatch.setattr(_base, "time", clock)

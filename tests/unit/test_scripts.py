@@ -143,17 +143,17 @@ def test_an_acquire_takes_a_window_entry_with_a_free_slot_only(
     harness.create(2)
     # A free slot and room in the window: both, in one call.
     first = harness.acquire("a", ttl_ms=60_000, window=(log, 2, 60_000, "r1"))
-    assert first[0] == 1 and first[5:] == [1, 0]
+    assert first[0] == 1 and first[5:] == [0, 1, 0]  # no orphans; the entry; no wait
     assert harness.client.zrange(log, 0, -1) == [b"r1"]
     # A free slot, but the window is full after one more: the slot still, and the exact wait.
     harness.client.zadd(log, {"other": harness.now_ms()})
     clock.advance(1)
     second = harness.acquire("b", ttl_ms=60_000, window=(log, 2, 60_000, "r2"))
-    assert second[0] == 1 and second[5:] == [0, 60_000 - 1_000 + 1]
+    assert second[0] == 1 and second[5:] == [0, 0, 60_000 - 1_000 + 1]
     assert harness.client.zcard(log) == 2
     # No free slot: queued, and the window is left alone.
     third = harness.acquire("c", window=(log, 5, 60_000, "r3"))
-    assert third[0] == 0 and len(third) == 5
+    assert third[0] == 0 and len(third) == 6
     assert harness.client.zcard(log) == 2
 
 
@@ -326,8 +326,19 @@ def test_renewal_extends_live_leases_and_reports_expired_ones_lost(
     reply = harness.renew([("a", epoch), ("b", epoch)], ttl_ms=1000)
     assert reply[2:] == [1, 0]
     assert harness.live_holders() == 1
-    # b cannot come back by renewing again.
-    assert harness.renew([("b", epoch)])[2:] == [0]
+    # b cannot come back by renewing again; it is no longer there at all (code 4).
+    assert harness.renew([("b", epoch)])[2:] == [4]
+
+
+def test_renewal_says_why_a_lease_was_lost(harness: Harness) -> None:
+    """0: expired before the renewal; 4: removed (released by an operator); 3: semaphore gone."""
+    harness.create(2)
+    epoch = harness.acquire("a")[2].decode()
+    harness.acquire("b")
+    harness.release("b")  # as an operator's force release does
+    assert harness.renew([("a", epoch), ("b", epoch)])[2:] == [1, 4]
+    harness.client.delete(harness.keys.meta)  # as DELETE /global-semaphores/{id} does
+    assert harness.renew([("a", epoch)])[2:] == [3]
 
 
 def test_data_loss_grace_lets_holders_reassert_and_holds_new_acquisitions(
@@ -440,3 +451,102 @@ def test_a_waiter_queued_by_older_scripts_is_woken_not_granted(harness: Harness)
     assert harness.live_holders() == 0
     assert harness.acquire("new-tok")[:2] == [0, 2]  # the slot stays free for the head
     assert harness.acquire("old")[0] == 1
+
+
+# -- pinned leases, orphans and adoption (docs/slot-ownership.md) ---------------------------
+
+
+def test_a_pinned_lease_expired_unrenewed_is_orphaned_not_freed(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    assert harness.acquire("a", ttl_ms=1000, pin_ms=60_000)[0] == 1
+    clock.advance(5)  # a's holder died: its lease expired 4 s ago
+    waiting = harness.acquire("b")
+    assert waiting[0] == 0 and waiting[5] == 1  # queued behind it; one orphan to adopt
+    assert harness.live_holders() == 1
+    assert harness.client.zscore(harness.keys.orphans, "a") is not None
+    stats = harness.client.hgetall(harness.keys.stats)
+    assert stats[b"orphaned"] == b"1" and b"expired" not in stats
+
+
+def test_an_orphan_is_freed_only_once_its_pin_passes(harness: Harness, clock: FakeClock) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=1000, pin_ms=10_000)
+    clock.advance(5)
+    assert harness.acquire("b", queue=False)[0] == 0
+    clock.advance(5.1)  # past the pin: its prediction cannot be running any more
+    assert harness.acquire("b", queue=False)[0] == 1
+    assert harness.client.zcard(harness.keys.pins) == 0
+    assert harness.client.zcard(harness.keys.orphans) == 0
+
+
+def test_adoption_moves_the_slot_to_a_new_lease_and_keeps_it_taken(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    record = {**HOLDER, "prediction_id": "p1", "account": "fp"}
+    epoch = harness.acquire("a", ttl_ms=1000, pin_ms=60_000, holder=record)[2].decode()
+    harness.acquire("b", ttl_ms=1000)  # queued
+    clock.advance(2)
+    reply = harness.adopt(["new-1", "new-2"], ttl_ms=1000)
+    now = harness.now_ms()
+    assert reply[:3] == [now, epoch.encode(), 1]
+    claimed = reply[3:]
+    assert claimed[0] == b"new-1" and claimed[1] == b"a"
+    assert json.loads(claimed[2])["prediction_id"] == "p1"
+    assert claimed[3] == now - 2000 + 60_000  # the pin, unchanged
+    assert len(claimed) == 5  # one orphan, one claim
+    assert harness.live_holders() == 1
+    assert harness.client.zscore(harness.keys.pins, "new-1") == claimed[3]
+    info = json.loads(harness.client.hget(harness.keys.info, "new-1"))
+    assert info["adopted_by"] == "adopter" and info["adopted_from"] == "a"
+    assert info["prediction_id"] == "p1"
+    # Its first holder, back, finds it gone; a waiter is still queued: nothing was freed.
+    assert harness.renew([("a", epoch)])[2:] == [4]
+    assert harness.acquire("b", ttl_ms=1000)[0] == 0
+    # The adopter releases it once the prediction is terminal: the waiter gets it.
+    assert harness.release("new-1") == 1
+    assert harness.live_holders() == 1
+    assert harness.client.zscore(harness.keys.holders, "b") is not None
+    assert harness.client.zcard(harness.keys.pins) == 0
+
+
+def test_a_holder_back_before_adoption_keeps_its_lease(harness: Harness, clock: FakeClock) -> None:
+    harness.create(1)
+    epoch = harness.acquire("a", ttl_ms=1000, pin_ms=60_000)[2].decode()
+    clock.advance(3)
+    harness.acquire("b", queue=False)  # runs purge: a is an orphan now
+    assert harness.client.zcard(harness.keys.orphans) == 1
+    assert harness.renew([("a", epoch)])[2:] == [1]
+    assert harness.client.zcard(harness.keys.orphans) == 0
+    assert harness.adopt(["new-1"])[3:] == []  # nothing left to adopt
+    # Renewed to an ordinary expiry; its release frees the slot.
+    assert harness.release("a") == 1
+    assert harness.live_holders() == 0
+
+
+def test_an_expired_pinned_lease_not_yet_purged_is_renewed_by_its_holder(
+    harness: Harness, clock: FakeClock
+) -> None:
+    harness.create(1)
+    epoch = harness.acquire("a", ttl_ms=1000, pin_ms=60_000)[2].decode()
+    clock.advance(3)  # expired, but no script has looked since: the slot was never freed
+    assert harness.renew([("a", epoch)])[2:] == [1]
+
+
+def test_a_grant_pins_the_waiter_it_admits(harness: Harness, clock: FakeClock) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=1000)
+    harness.acquire("b", ttl_ms=1000, pin_ms=30_000)  # queued, asks for a pin
+    assert harness.release("a") == 1  # granted to b
+    assert harness.client.zscore(harness.keys.pins, "b") == harness.now_ms() + 30_000
+
+
+def test_delete_removes_pins_and_orphans(harness: Harness, clock: FakeClock) -> None:
+    harness.create(1)
+    harness.acquire("a", ttl_ms=1000, pin_ms=60_000)
+    clock.advance(2)
+    harness.acquire("b", queue=False)
+    harness.run("delete_semaphore", harness.keys.all, [harness.keys.channel])
+    assert not harness.client.exists(harness.keys.pins, harness.keys.orphans)

@@ -228,7 +228,8 @@ async def test_soak_with_random_replica_kills_and_freezes_loses_nothing_and_leak
                     cluster.signal(victim, signal.SIGCONT)
 
         await asyncio.gather(*(caller(i) for i in range(12)), chaos())
-        assert outcomes["ok"] > 50, outcomes
+        # 5 slots, predictions of ~3 s: at most ~100 a minute; kills and freezes cost some.
+        assert outcomes["ok"] > SOAK_SECONDS / 3, outcomes
         # A frozen replica's callers may learn that their slot was taken over; nothing else.
         assert outcomes["other"] <= outcomes["lost"], outcomes
         # Orphans left by the last kills are settled by the next replica that waits on the

@@ -171,9 +171,11 @@ async def _stop(found: Services) -> None:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    # Safe, in the log and the answer: an error may carry Replicate's text (a failed
+    # prediction's error message), which may hold characters UTF-8 cannot encode.
     if exc.status_code >= 500:
-        log.warning("request failed: %s", exc.message, extra={"status": exc.status_code})
-    # Safe: an error may carry Replicate's text (a failed prediction's error message).
+        message = exc.message.encode("utf-8", "backslashreplace").decode("utf-8")
+        log.warning("request failed: %s", message, extra={"status": exc.status_code})
     return SafeJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 

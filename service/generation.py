@@ -24,7 +24,7 @@ from typing import Any
 
 from service.config import Settings
 from service.coordination import ACCOUNT, CoordinationError, Coordinator, Lease
-from service.errors import NotFound, ServiceError, Unavailable, UpstreamError
+from service.errors import NotFound, PredictionFailed, ServiceError, Unavailable, UpstreamError
 from service.filenames import build_filenames
 from service.limits import Held, Limits, release, service_error
 from service.schemas import BatchRequest, GenerateRequest, ModelSpec
@@ -215,8 +215,7 @@ class Generator:
                     "prediction may still be running: its slots are left to adoption",
                     extra={"prediction_id": watch.prediction_id},
                 )
-                for lease in held.leases:
-                    lease.abandon()
+                await _abandon(held, create_unknown=may_be_running)
             else:
                 await release(held)
 
@@ -278,6 +277,13 @@ class Generator:
             if lost and not _current_task_cancelling():
                 raise LeaseLostError(lost[0]) from None
             raise
+        except PredictionFailed as exc:
+            # Cancelled by another replica that took over our slot while we were stalled or
+            # cut off (docs/slot-ownership.md): say that, not just "canceled".
+            stale = [lease for lease in held.leases if not lease.is_valid()]
+            if exc.status == "canceled" and (lost or stale):
+                raise LeaseLostError((lost or stale)[0]) from None
+            raise
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -289,6 +295,19 @@ class Generator:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+async def _abandon(held: Held, *, create_unknown: bool) -> None:
+    """Stop renewing without releasing. A create whose answer never came may still land at
+    Replicate, later than any lookup could see: its record says so, and an adopter then keeps
+    the slot until the prediction's hard deadline."""
+    if create_unknown:
+        for lease in held.leases:
+            lease.holder.create_unknown = True
+        with contextlib.suppress(Exception):
+            await asyncio.shield(asyncio.gather(*(lease.annotate() for lease in held.leases)))
+    for lease in held.leases:
+        lease.abandon()
 
 
 def _as_service_error(exc: Exception) -> ServiceError:

@@ -11,6 +11,8 @@ leases become this replica's, renewed like its own) and settles each one:
       its create was held open)       and input; wait until every match is terminal (never
                                       cancel: an identical one may be another caller's) and
                                       the create can no longer land → release
+    its holder saw its create's     → keep the slot until the orphan's pin: the create may
+      answer never come               still land, later than any lookup could see
     no token to ask with, or no     → keep the slot until the orphan's pin (by then Replicate
       answer from Replicate           has ended the prediction through Cancel-After) → release
 
@@ -39,9 +41,9 @@ ADOPT_BATCH = 16
 CLOCK_SKEW_S = 60.0
 # How often an adopter re-reads the account's newest predictions for an unnamed orphan.
 UNNAMED_POLL_S = 1.0
-# After its orphaning, how long a create its holder had already written may still take to show
-# up in Replicate's list.
-CREATE_TRANSIT_S = 3.0
+# After its orphaning (one lease TTL or more after its holder's last renewal), how long a create
+# its holder had already written may still take to show up in Replicate's list.
+CREATE_TRANSIT_S = 5.0
 
 # Called with (outcome, seconds since the slot was orphaned) when a settled orphan's slot is
 # given back; outcome is "cancelled", "ended" (terminal already) or "waited_out".
@@ -138,6 +140,7 @@ class OrphanKeeper:
                 return "ended" if status != "canceled" else "cancelled"
         elif (
             token is not None
+            and not record.get("create_unknown")
             and isinstance(record.get("input"), dict)
             and await self._wait_for_unnamed(token, orphan, deadline)
         ):

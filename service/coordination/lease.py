@@ -27,6 +27,9 @@ class Holder:
     # whose answer never arrived): the model and the exact input.
     model: str | None = None
     input: dict[str, Any] | None = field(default=None, repr=False)
+    # The create was sent but its answer never came: it may still land at Replicate, so only
+    # the prediction's hard deadline ends it (docs/slot-ownership.md).
+    create_unknown: bool = False
 
     def to_json(self) -> str:
         # Every field is a plain value: a shallow dict is enough (asdict copies deeply, slowly).
@@ -136,6 +139,10 @@ class Lease:
 
     async def set_prediction_id(self, prediction_id: str) -> bool:
         self.holder.prediction_id = prediction_id
+        return await self.annotate()
+
+    async def annotate(self) -> bool:
+        """Write `holder` to Redis again (operators' view, and what an adopter reads)."""
         return await self._owner.annotate(self)
 
     def renewed(self, expires_at_ms: int, epoch: str, sent_at: float | None = None) -> None:

@@ -137,7 +137,8 @@ async def test_a_frozen_holder_never_over_admits(frozen_s: float) -> None:
         for response in first:
             assert response.status_code == 502, response.text
             error = response.json()["error"]
-            assert "Lost the slot of" in error and "taken over by another replica" in error
+            assert "Lost the slot of" in error
+            assert "taken over by another replica" in error or "this replica stalled" in error
 
 
 async def test_a_holder_cut_off_from_redis_never_over_admits() -> None:

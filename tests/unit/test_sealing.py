@@ -90,3 +90,44 @@ def test_an_adopter_asks_replicate_with_the_right_token() -> None:
     assert keeper._token_for(caller) == TOKEN
     unsealed = _orphan({"account": token_fingerprint(TOKEN), "sealed_token": None})
     assert keeper._token_for(unsealed) is None  # held until its pin instead
+
+
+class _NoUpstream:
+    """Fails the test if the adopter asks Replicate anything."""
+
+    async def settle(self, *args: object, **kwargs: object) -> str | None:
+        raise AssertionError("settle must not be called")
+
+    async def find_predictions(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("find_predictions must not be called")
+
+
+async def test_an_orphan_whose_create_answer_never_came_is_held_until_its_pin() -> None:
+    """Its create may still land at Replicate later than any lookup could see (a delayed
+    request): no lookup may release it early."""
+    from service.fingerprint import token_fingerprint
+
+    keeper = OrphanKeeper(
+        None,  # type: ignore[arg-type]
+        _NoUpstream(),  # type: ignore[arg-type]
+        server_token="r8_server_token_sealing_tests",
+        sealer=TokenSealer(None, max_age_s=60),
+    )
+    orphan = _orphan(
+        {
+            "account": token_fingerprint("r8_server_token_sealing_tests"),
+            "prediction_id": None,
+            "model": "black-forest-labs/flux-dev",
+            "input": {"prompt": "x"},
+            "acquired_at": 0.0,
+            "create_unknown": True,
+        }
+    )
+    orphan = Orphan(
+        lease=orphan.lease,
+        previous_lease_id="o",
+        record=orphan.record,
+        pin_in_s=0.05,
+        orphaned_for_s=0,
+    )
+    assert await keeper._outcome(orphan) == "waited_out"

@@ -1,14 +1,13 @@
 """One generation and a batch of them: limits → prediction → files. The only orchestrator.
 
-For every prediction, in this fixed order (no deadlock cycles):
-  1. a slot of the external semaphore, when the request names one;
-  2. a slot of the account's concurrency semaphore (REPLICATE_CONCURRENT_LIMIT);
-  3. a token of the account's sliding 60 s window (REPLICATE_REQUESTS_PER_MINUTE), taken before
-     every create attempt, retries included (the first one in the same Redis call as step 2 when
-     that slot is free at once).
-Slots are held until the prediction is terminal or cancelled, and released on every path. If a
-lease is lost (its holder froze past the TTL), the prediction is cancelled: it would otherwise run
-outside the limit.
+Every prediction holds, before its create: a slot of the external semaphore (when the request
+names one), a slot of the account's concurrency semaphore and an entry of the account's creation
+window — taken by service.limits without ever waiting while holding one of them; every create
+retry takes another window entry. Slots are held until the prediction is terminal or was never
+created, and released on every path; a prediction that may still be running (its cancel did not
+go through, its create's answer never came) leaves its slots to adoption instead
+(docs/slot-ownership.md). If a lease is lost (its holder froze past the TTL, or another replica
+took it over), the prediction is cancelled: it would otherwise run outside the limit.
 """
 
 from __future__ import annotations
@@ -249,7 +248,8 @@ class Generator:
             await limits.pace_poll(caller.account)
 
         async def on_created(prediction_id: str) -> None:
-            # For operators' eyes only: kept off the request's critical path.
+            # Operators see it; an adopter cancels by it if this replica dies (without it, it
+            # finds the prediction by model and input). Kept off the request's critical path.
             self._in_background(_annotate(held.leases, prediction_id))
 
         run = asyncio.ensure_future(
@@ -320,7 +320,7 @@ def _as_service_error(exc: Exception) -> ServiceError:
 
 
 async def _annotate(leases: list[Lease], prediction_id: str) -> None:
-    """For operators' eyes only: a failure here never touches the generation."""
+    """Best effort: a failure here never touches the generation."""
     for lease in leases:
         try:
             await lease.set_prediction_id(prediction_id)

@@ -154,9 +154,9 @@ class Limits:
     async def _account(
         self, account: str, holder: Holder, deadline: float, *, wait: bool
     ) -> Lease | None:
-        started = time.monotonic()
         """An account slot with a window entry; None when `wait` is False and either is not
         free at once. Waits (when asked) holding nothing."""
+        started = time.monotonic()
         while True:
             try:
                 lease = await self._coordinator.acquire_account(

@@ -71,9 +71,11 @@ local held = redis.call('ZSCORE', KEYS[2], lease_id)
 local in_use = redis.call('ZCARD', KEYS[2])
 if held and tonumber(held) > now then
   -- Granted: the caller is alive, so its lease runs a full TTL from now, with this attempt's
-  -- holder JSON.
-  local expiry = math.max(tonumber(held), now + ttl)
+  -- holder JSON (a purge may have raised an unclaimed grant's score to its pin: back to a TTL).
+  local expiry = now + ttl
   redis.call('ZADD', KEYS[2], expiry, lease_id)
+  -- Its holder is alive and takes it now: not an orphan, whatever a purge made of it.
+  redis.call('ZREM', KEYS[9], lease_id)
   redis.call('HSET', KEYS[3], lease_id, ARGV[3])
   keep_for(KEYS[2], ttl * 3)
   keep_for(KEYS[3], ttl * 3)

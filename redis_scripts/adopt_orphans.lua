@@ -44,6 +44,9 @@ for i = 1, #orphans, 2 do
       adopted = adopted .. '}' end
     redis.call('HSET', KEYS[3], new, adopted)
     redis.call('HINCRBY', KEYS[7], 'adopted', 1)
+    -- The keys may have just been emptied and re-created without a TTL: they must outlive the
+    -- pin, or the slot would vanish with them while the prediction may run.
+    for _, key in ipairs({KEYS[2], KEYS[3], KEYS[8]}) do keep_for(key, pin - now + ttl) end
     result[#result + 1] = new
     result[#result + 1] = old
     result[#result + 1] = record

@@ -56,6 +56,7 @@ for i = 5, #ARGV, 3 do
       redis.call('ZREM', KEYS[2], id)
       redis.call('HDEL', KEYS[3], id)
       redis.call('ZREM', KEYS[8], id)
+      redis.call('ZREM', KEYS[9], id)
     end
     if limit then redis.call('HINCRBY', KEYS[7], 'lost', 1) end
   end

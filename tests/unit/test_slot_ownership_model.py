@@ -15,7 +15,11 @@ running. After every step:
   that renews in time keeps it.
 
 A process knows only what the scripts' replies and grant messages told it; the model adds the
-truth about predictions, which an adopter learns from Replicate (rule 3).
+truth about predictions, which an adopter learns from Replicate (rule 3). Keys expire by the
+same controlled clock as TIME (`redis_clock`), as they would in Redis: a key's TTL is part of
+what keeps a slot taken.
+
+The tests at the end replay sequences the model found, one per fault.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         self.retired: set[str] = set()
         # Killed processes: what they knew still has to hold (a lease unexpired is theirs).
         self.dead: list[Process] = []
-        # Redis as the last invariant check saw it: after the last step.
+        # Redis as the last invariant check saw it, after the last step (for a precondition).
         self.redis = Snapshot({}, {}, {}, {}, set())
 
     # -- what a process does -------------------------------------------------------------------
@@ -192,7 +196,8 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         proc.grants.pop(lease_id, None)  # a grant message still on its way is stale
         self.renamed.pop(lease_id, None)  # a waiter id adopted once, admitted afresh
         pin = now + pin_ms if pin_ms else 0
-        assert self.h.client.zscore(self.h.keys.pins, lease_id) == (pin or None)
+        pinned = self.h.client.zscore(self.h.keys.pins, lease_id)
+        assert pinned == (pin or None), f"{lease_id} acquired with pin {pin}, pins say {pinned}"
         lease = Lease(lease_id, reply[2].decode(), int(reply[1]), pin)
         proc.leases[lease_id] = lease
         self.start(proc, lease, lease_id, end, annotate)
@@ -205,7 +210,9 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         end_ms = now + max(1, (lease.pin_ms - now) * end // 1000)
         prediction = Prediction(f"p{len(self.predictions)}", end_ms, guard)
         previous = self.guards.get(guard)
-        assert previous is None or not previous.running(now), (guard, previous)
+        assert previous is None or not previous.running(now), (
+            f"{guard} starts a prediction while {previous.name} still runs under it"
+        )
         self.predictions.append(prediction)
         self.guards[guard] = prediction
         lease.prediction = prediction
@@ -277,7 +284,7 @@ class SlotOwnershipModel(RuleBasedStateMachine):
                 assert guarded.end_ms <= pin, f"{old}'s pin {pin} before its prediction's end"
                 guarded.guard = new
                 self.guards[new] = guarded
-            if any(old in other.leases for other in self.processes):
+            if any(old in other.leases for other in self.processes + self.dead):
                 self.retired.add(old)
             self.renamed[old] = new
             lease = Lease(new, epoch, now + TTL_MS, pin, adopted=True)
@@ -313,12 +320,12 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         proc = live[who % len(live)]
         lease_id = self.new_id(proc)
         reply = self.acquire_as(proc, lease_id, pin_ms, queue)
-        if adopt and reply[5] > 0:
-            self.adopt_orphans(proc, int(reply[5]))
         if reply[0] == 1:
             self.acquired(proc, lease_id, pin_ms, reply, end, annotate)
         elif queue:
             proc.waiters[lease_id] = pin_ms
+        if adopt and reply[5] > 0:
+            self.adopt_orphans(proc, int(reply[5]))
 
     @precondition(lambda self: self.waiting())
     @rule(
@@ -350,10 +357,10 @@ class SlotOwnershipModel(RuleBasedStateMachine):
             self.read_grants()
         else:
             reply = self.acquire_as(proc, lease_id, pin_ms, queue=True)
-            if adopt and reply[5] > 0:
-                self.adopt_orphans(proc, int(reply[5]))
             if reply[0] == 1:
                 self.acquired(proc, lease_id, pin_ms, reply, end, annotate)
+            if adopt and reply[5] > 0:
+                self.adopt_orphans(proc, int(reply[5]))
 
     def current(self, lease_id: str) -> str:
         """The id a slot is held under now, following adoptions."""
@@ -469,7 +476,8 @@ class SlotOwnershipModel(RuleBasedStateMachine):
 
     def events(self) -> set[int]:
         out: set[int] = set()
-        for scores in (self.redis.holders, self.redis.pins, self.redis.qexp):
+        redis = Snapshot.read(self.h)
+        for scores in (redis.holders, redis.pins, redis.qexp):
             out.update(scores.values())
         for proc in self.processes:
             out.update(lease.expiry_ms for lease in proc.leases.values())
@@ -518,13 +526,102 @@ def model_harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     harness.pubsub.close()
 
 
+# About 10 s when it passes. A failure is shrunk for up to 5 minutes (hypothesis' own cap) into
+# a short sequence of steps worth reading; the example database replays it at once next time.
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_slot_ownership_model(model_harness: Harness) -> None:
     run_state_machine_as_test(
         lambda: SlotOwnershipModel(model_harness),
         settings=settings(
-            max_examples=150,
+            max_examples=200,
             stateful_step_count=60,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
+    )
+
+
+# -- sequences the model found (shrunk by hypothesis, no-op steps left out) -------------------
+
+
+def replay(harness: Harness, limit: int, *steps: tuple[str, dict[str, Any]]) -> None:
+    """Run `steps` (rule name, arguments) and check the invariants after each, as hypothesis
+    does."""
+    model = SlotOwnershipModel(harness)
+    model.create(limit=limit, cancel_on_loss=[False] * PROCESSES)
+    model.slot_ownership()
+    for name, arguments in steps:
+        getattr(model, name)(**arguments)
+        model.slot_ownership()
+
+
+def acquire(pin_ms: int, end: int = 1000, queue: bool = False) -> tuple[str, dict[str, Any]]:
+    """The first live process takes a slot, pinned for `pin_ms`; its prediction ends `end`
+    thousandths of the way to the pin."""
+    arguments = {"who": 0, "pin_ms": pin_ms, "queue": queue, "end": end}
+    return "acquire", {**arguments, "annotate": False, "adopt": False}
+
+
+def after(ms: int) -> tuple[str, dict[str, Any]]:
+    return "advance", {"how": "large", "ms": ms, "index": 0, "offset": 0}
+
+
+ADOPT = ("adopt", {"who": 0, "count": 1})
+
+
+def test_an_adopted_slot_stays_taken_while_its_adopter_is_silent(model_harness: Harness) -> None:
+    """The adopted lease replaces the orphan, the holders set's only member: Redis deletes the
+    emptied set and adopt_orphans creates it anew with a TTL of 3 lease TTLs only. The adopter
+    dies before settling (or freezes); nothing touches the semaphore for 3 TTLs: the holders
+    key expires, and the slot with it, while p0 runs until its pin."""
+    replay(model_harness, 1, acquire(pin_ms=4262, end=939), after(1000), ADOPT, after(3001))
+
+
+def test_an_adopted_lease_keeps_its_pin_when_a_shorter_one_is_taken(
+    model_harness: Harness,
+) -> None:
+    """Adoption empties and recreates the pins set without any TTL; the next pinned acquire
+    (keep_for) gives it that lease's short TTL: at its end the adopted lease loses its pin
+    (then a purge frees it, expired, while p0 runs)."""
+    replay(
+        model_harness,
+        2,
+        acquire(pin_ms=8873, end=282),
+        ("trouble", {"index": 0, "how": "abandon", "flag": False}),
+        after(1000),
+        ADOPT,
+        acquire(pin_ms=500, end=1),
+        after(1501),
+    )
+
+
+def test_a_waiter_that_takes_a_lapsed_grant_is_no_orphan(model_harness: Harness) -> None:
+    """A release grants the queued l5 its slot (pinned); l5's next poll comes once that grant
+    lapsed: the poll's own purge makes it an orphan, then confirms it to its waiter (status 1,
+    a fresh expiry) and leaves it in orphans: adoptable at once, while its holder is alive and
+    within its expiry (its renewal would find it lost, its prediction cancelled)."""
+    replay(
+        model_harness,
+        1,
+        acquire(pin_ms=500, end=1),
+        after(2),
+        acquire(pin_ms=1001, end=1, queue=True),
+        ("release", {"index": 0, "cancel": False}),
+        after(1000),
+        ("wait", {"index": 0, "how": "poll", "end": 1, "annotate": False, "adopt": False}),
+    )
+
+
+def test_a_renewal_past_the_pin_leaves_no_orphan_behind(model_harness: Harness) -> None:
+    """l4 expires and is orphaned (a queued attempt's purge); its holder's renewal comes after
+    the pin: renew_leases drops it from holders, info and pins, not from orphans."""
+    replay(
+        model_harness,
+        1,
+        acquire(pin_ms=1001, end=1),
+        after(1000),
+        acquire(pin_ms=0, queue=True),
+        after(2),
+        ("tend", {"index": 0, "annotate": False}),
     )

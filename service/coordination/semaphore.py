@@ -205,7 +205,7 @@ class Semaphores:
                     # A release gave us the slot; Redis stamped the holder with the grant time.
                     stamped = dataclasses.replace(stamped, acquired_at=grant.granted_at_ms / 1000)
                     lease = lease_of(grant.expires_at_ms, grant.epoch, grant.limit, grant.valid_s)
-                    if await self._complete_grant(lease):
+                    if await self._complete_grant(lease, confirm=options.pin_ms > 0):
                         acquired = True
                         return self._admitted(lease, started)
                     continue  # lost before it could be renewed: ask again
@@ -278,11 +278,19 @@ class Semaphores:
             listener(lease, time.monotonic() - started)
         return lease
 
-    async def _complete_grant(self, lease: Lease) -> bool:
+    async def _complete_grant(self, lease: Lease, *, confirm: bool = False) -> bool:
         """A grant lapses with the waiter's queue entry when that comes before one TTL: renew
         it to a full TTL. In the background for this process's own leases; before handing it
         over for a detached one (its client renews on its own, by the TTL it is told). False
-        if the lease turned out lost meanwhile."""
+        if the lease turned out lost meanwhile.
+
+        `confirm` (a pinned lease: work that may outlive this process follows at once): renew
+        before handing it over, whatever the message said. A message read late (this process
+        was frozen while it waited) may name a grant that lapsed and was settled and granted
+        again meanwhile; the renewal is the atomic check that it is still ours."""
+        if confirm and self.renew_now is not None:
+            await self.renew_now(lease)
+            return not lease.lost.is_set()
         if lease.valid_s >= lease.ttl_s:
             return True
         if not lease.holder.detached:

@@ -19,7 +19,8 @@ truth about predictions, which an adopter learns from Replicate (rule 3). Keys e
 same controlled clock as TIME (`redis_clock`), as they would in Redis: a key's TTL is part of
 what keeps a slot taken.
 
-The tests at the end replay sequences the model found, one per fault.
+The tests at the end replay, one per fault, sequences the model found in earlier versions of
+the scripts.
 """
 
 from __future__ import annotations
@@ -116,9 +117,15 @@ class Snapshot:
 
 
 picks = st.integers(min_value=0, max_value=63)
-# Where in (now, pin] a prediction ends, in thousandths of the time left.
-ends = st.integers(min_value=1, max_value=1000)
-pins = st.one_of(st.integers(min_value=500, max_value=20_000), st.just(0))
+# Where in (now, pin] a prediction ends, in thousandths of the time left: often at the pin (a
+# prediction that runs until Replicate's Cancel-After), else anywhere.
+ends = st.one_of(st.just(1000), st.integers(min_value=1, max_value=1000))
+# A pin (ms from the acquisition), mostly longer than the lease TTL (1 s), or none.
+pins = st.one_of(
+    st.sampled_from([2_000, 5_000, 20_000]),
+    st.integers(min_value=500, max_value=20_000),
+    st.just(0),
+)
 
 
 class SlotOwnershipModel(RuleBasedStateMachine):
@@ -345,11 +352,20 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         if how == "message" and lease_id in proc.grants:
             expiry, epoch, granted_at = proc.grants.pop(lease_id)
             del proc.waiters[lease_id]
+            if pin_ms:
+                # A pinned grant is confirmed by a renewal before it is used, however late the
+                # message was read (Semaphores._complete_grant): lost, the waiter gives up here.
+                renewed = self.h.renew([(lease_id, epoch)], ttl_ms=TTL_MS)
+                if int(renewed[2]) not in (1, 2):
+                    return
+                expiry = int(renewed[0])
             lease = Lease(lease_id, epoch, expiry, granted_at + pin_ms if pin_ms else 0)
             proc.leases[lease_id] = lease
-            # Granted, then maybe orphaned and adopted before it read the message: its
-            # prediction runs under that slot, whatever its id now.
-            self.start(proc, lease, self.current(lease_id), end, annotate)
+            # Unpinned: granted, then maybe orphaned and adopted before it read the message,
+            # its prediction runs under that slot, whatever its id now. Pinned: the renewal
+            # confirmed this very id.
+            guard = lease_id if pin_ms else self.current(lease_id)
+            self.start(proc, lease, guard, end, annotate)
         elif how == "give up":
             del proc.waiters[lease_id]
             proc.grants.pop(lease_id, None)
@@ -542,7 +558,7 @@ def test_slot_ownership_model(model_harness: Harness) -> None:
     )
 
 
-# -- sequences the model found (shrunk by hypothesis, no-op steps left out) -------------------
+# -- faults the model found (its sequences, shrunk by hypothesis, no-op steps left out) -------
 
 
 def replay(harness: Harness, limit: int, *steps: tuple[str, dict[str, Any]]) -> None:
@@ -572,18 +588,18 @@ ADOPT = ("adopt", {"who": 0, "count": 1})
 
 def test_an_adopted_slot_stays_taken_while_its_adopter_is_silent(model_harness: Harness) -> None:
     """The adopted lease replaces the orphan, the holders set's only member: Redis deletes the
-    emptied set and adopt_orphans creates it anew with a TTL of 3 lease TTLs only. The adopter
-    dies before settling (or freezes); nothing touches the semaphore for 3 TTLs: the holders
-    key expires, and the slot with it, while p0 runs until its pin."""
+    emptied set, and adopt_orphans created it anew with a TTL of 3 lease TTLs only. Its adopter
+    dies before settling it (or freezes), nothing touches the semaphore for 3 TTLs: the holders
+    key expired, and the slot with it, while p0 runs until its pin."""
     replay(model_harness, 1, acquire(pin_ms=4262, end=939), after(1000), ADOPT, after(3001))
 
 
 def test_an_adopted_lease_keeps_its_pin_when_a_shorter_one_is_taken(
     model_harness: Harness,
 ) -> None:
-    """Adoption empties and recreates the pins set without any TTL; the next pinned acquire
-    (keep_for) gives it that lease's short TTL: at its end the adopted lease loses its pin
-    (then a purge frees it, expired, while p0 runs)."""
+    """Adoption empties the pins set and recreated it without a TTL; the next pinned acquire
+    (keep_for) gave it that lease's shorter one: when it ran out, the adopted lease lost its pin
+    (and a purge would free it, expired, while p0 runs)."""
     replay(
         model_harness,
         2,
@@ -599,8 +615,8 @@ def test_an_adopted_lease_keeps_its_pin_when_a_shorter_one_is_taken(
 def test_a_waiter_that_takes_a_lapsed_grant_is_no_orphan(model_harness: Harness) -> None:
     """A release grants the queued l5 its slot (pinned); l5's next poll comes once that grant
     lapsed: the poll's own purge makes it an orphan, then confirms it to its waiter (status 1,
-    a fresh expiry) and leaves it in orphans: adoptable at once, while its holder is alive and
-    within its expiry (its renewal would find it lost, its prediction cancelled)."""
+    a fresh expiry), and left it in orphans: adoptable at once, its holder alive and within its
+    expiry (whose renewal would then find it lost, and its prediction cancelled)."""
     replay(
         model_harness,
         1,
@@ -615,7 +631,7 @@ def test_a_waiter_that_takes_a_lapsed_grant_is_no_orphan(model_harness: Harness)
 
 def test_a_renewal_past_the_pin_leaves_no_orphan_behind(model_harness: Harness) -> None:
     """l4 expires and is orphaned (a queued attempt's purge); its holder's renewal comes after
-    the pin: renew_leases drops it from holders, info and pins, not from orphans."""
+    the pin: renew_leases dropped it from holders, info and pins, not from orphans."""
     replay(
         model_harness,
         1,

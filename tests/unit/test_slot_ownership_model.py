@@ -281,8 +281,11 @@ class SlotOwnershipModel(RuleBasedStateMachine):
             assert new == new_ids[i // 5] and pin > now
             for name, ids in (("holders", holders), ("pins", pinned), ("info", info)):
                 assert old not in ids, f"adopted {old} still in {name}: one slot, two ids"
-            assert old not in orphans
-            assert holders.get(new) == now + TTL_MS and pinned.get(new) == pin
+            assert old not in orphans, f"adopted {old} still an orphan"
+            assert holders.get(new) == now + TTL_MS and pinned.get(new) == pin, (
+                f"{old} adopted as {new} until {now + TTL_MS}, pinned until {pin}: "
+                f"holders say {holders.get(new)}, pins {pinned.get(new)}"
+            )
             guarded = self.guards.get(old)
             named = record.get("prediction_id")
             if named is not None:

@@ -56,8 +56,8 @@ from service.orphans import CREATE_TRANSIT_S, OrphanKeeper
 from service.sealing import TokenSealer
 from service.upstream import Upstream
 from service.upstream.results import TERMINAL_STATUSES
+from tests.fixtures.ports import free_port
 from tests.fixtures.simulator import (
-    free_port,
     spawn_simulator_process,
     stop_simulator_process,
     wait_for_simulator,

@@ -30,7 +30,7 @@ import httpx
 from replicate.client import Client
 
 from tests.fixtures.cluster import TOKEN, Cluster, admin_headers, running_cluster
-from tests.fixtures.redis_server import free_port
+from tests.fixtures.ports import free_port
 from tests.fixtures.simulator import (
     spawn_simulator_process,
     stop_simulator_process,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,15 +19,10 @@ from service.config import Settings
 from service.coordination import ACCOUNT, Coordinator, CoordinatorConfig
 from service.fingerprint import token_fingerprint
 from tests.api.conftest import ADMIN, SERVER_TOKEN, flux, mark_store_known, settings_for
+from tests.fixtures.ports import free_port
 from tests.fixtures.simulator import SimulatorHandle
 
 pytestmark = [pytest.mark.redis, pytest.mark.simulator(latency_s=8.0)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

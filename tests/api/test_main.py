@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from service.__main__ import READY_PREFIX
-from tests.fixtures.simulator import free_port
+from tests.fixtures.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_VARIABLES = (

@@ -23,7 +23,7 @@ from service.cli.parser import SEMAPHORE_ID_PATTERN
 from service.cli.render import CLEAR_SCREEN
 from service.config import SEMAPHORE_ID_PATTERN as SERVICE_ID_PATTERN
 from service.coordination import Coordinator, CoordinatorConfig, Lease
-from tests.fixtures.redis_server import free_port
+from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FP = "0123456789abcdef"

@@ -26,7 +26,8 @@ from service.coordination import (
 )
 from service.coordination.redis_errors import unavailable
 from tests.api.conftest import ADMIN, mark_store_known, running_api, settings_for
-from tests.fixtures.redis_server import RedisServer, free_port, require_redis_binary
+from tests.fixtures.ports import free_port
+from tests.fixtures.redis_server import RedisServer, require_redis_binary
 from tests.fixtures.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.redis

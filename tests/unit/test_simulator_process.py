@@ -12,9 +12,9 @@ import pytest
 from replicate.client import Client
 
 from service.simulator.__main__ import READY_PREFIX
+from tests.fixtures.ports import free_port
 from tests.fixtures.simulator import (
     SimulatorHandle,
-    free_port,
     spawn_simulator_process,
     stop_simulator_process,
     wait_for_simulator,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,7 @@ from service.coordination import (
     SemaphoreExists,
     SemaphoreNotFound,
 )
+from service.coordination.connection import options_from_environment
 
 from .commands import COMMANDS, Context, Refused
 from .parser import Connection, UsageError, build_parser, connection
@@ -58,9 +60,11 @@ async def run(args: argparse.Namespace, conn: Connection) -> int:
                 prefix=conn.prefix,
                 replica_id=REPLICA_ID,
                 redis_timeout_s=conn.timeout_s,
+                # REDIS_CLUSTER, REDIS_SENTINELS...: a Cluster or Sentinel (docs/redis-ha.md)
+                **options_from_environment(os.environ),
             )
         )
-    except ValueError as exc:  # redis-py rejects the URL's scheme or shape
+    except ValueError as exc:  # redis-py rejects the URL's scheme or shape, or a mode variable
         return _fail(f"invalid Redis URL {redacted(conn.redis_url)}: {exc}", USAGE)
     ctx = Context(coordinator=coordinator, out=sys.stdout, err=sys.stderr, as_json=args.json)
     try:

@@ -1,7 +1,9 @@
 """Reads the registry does not offer: an account's window logs and the list of accounts.
 
 Read-only, and bounded: a window log holds at most its limit of entries inside the window, and
-only a few are fetched; accounts are found with SCAN in pages (never KEYS).
+only a few are fetched; accounts are found with SCAN in pages (never KEYS), on every primary of
+a Cluster. The client is the Coordinator's: a single server's, a Sentinel primary's or a
+Cluster's (whose commands go to the node of their key's slot; TIME to any node).
 """
 
 from __future__ import annotations
@@ -81,13 +83,14 @@ async def scan_accounts(client: aioredis.Redis, keyspace: KeySpace) -> list[str]
     head, _, tail = template.partition("\0")
     pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*" + _GLOB_SPECIAL.sub(r"\\\1", tail)
     found: set[str] = set()
-    cursor = 0
-    while True:
-        cursor, page = await guarded(client.scan(cursor=cursor, match=pattern, count=1000))
-        for raw in page:
+
+    async def scan() -> None:
+        # scan_iter follows one server's cursor, or on a Cluster each primary's own cursor in
+        # turn (a Cluster's cursors are per node: one integer cursor would cover one node).
+        async for raw in client.scan_iter(match=pattern, count=1000):
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
             if name.startswith(head) and name.endswith(tail):
                 found.add(name[len(head) : len(name) - len(tail)])
-        if int(cursor) == 0:
-            break
+
+    await guarded(scan())
     return sorted(found)

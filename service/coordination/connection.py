@@ -1,4 +1,5 @@
-"""The connections of the Coordinator's client: packed with hiredis, from a bounded pool.
+"""The Coordinator's Redis clients: one server, a Cluster or a Sentinel-managed primary
+(`RedisTopology`, `build_clients`); connections packed with hiredis, from a bounded pool.
 
 redis-py's synchronous client packs commands in C when hiredis is installed; its asyncio client
 always packs them in Python, one `encode` per argument. A script call has about 20 arguments
@@ -12,10 +13,30 @@ them all busy wait for one instead of failing (see its docstring).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypedDict, cast
 
-from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    parse_url,
+)
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import DataError, MaxConnectionsError
+
+from .subscriber import ClusterSubscriptionSource, PoolSubscriptionSource, SubscriptionSource
 
 hiredis: Any
 try:
@@ -114,3 +135,233 @@ class BoundedConnectionPool(ConnectionPool):
             await super().release(connection)
         finally:
             self._permits.release()
+
+
+# --- The three deployments: one server, a Cluster, a Sentinel-managed primary -----------------
+
+SINGLE, CLUSTER, SENTINEL = "single", "cluster", "sentinel"
+
+
+@dataclass(frozen=True)
+class RedisTopology:
+    """Where Redis is and how to talk to it (see docs/redis-ha.md).
+
+    - one server: `url` names it;
+    - a Cluster (`cluster=True`): `url` names any node, the client discovers the rest;
+    - Sentinel (`sentinels` and `sentinel_master`): the sentinels name the primary. `url` then
+      names no server: its scheme (rediss:// for TLS, also to the sentinels), user, password,
+      database and query options apply to the primary; its host is ignored. `sentinel_username`
+      and `sentinel_password` authenticate to the sentinels themselves.
+    """
+
+    url: str
+    cluster: bool = False
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    @property
+    def mode(self) -> str:
+        if self.cluster:
+            return CLUSTER
+        return SENTINEL if self.sentinels else SINGLE
+
+    def problem(self) -> str | None:
+        """What is wrong with this combination, or None."""
+        if self.cluster and self.sentinels:
+            return "choose one of Redis Cluster (cluster) and Sentinel (sentinels), not both"
+        if self.sentinels and not self.sentinel_master:
+            return "Sentinel needs the name of the primary the sentinels monitor (sentinel_master)"
+        if self.sentinel_master and not self.sentinels:
+            return "sentinel_master is set but no sentinels are (host:port,host:port)"
+        scheme = self.url.partition("://")[0].lower() if "://" in self.url else ""
+        if self.mode != SINGLE and scheme not in ("redis", "rediss"):
+            return f"{self.mode} mode needs a redis:// or rediss:// URL, not {scheme or 'none'}"
+        if self.cluster:
+            db = parse_url(self.url).get("db") or 0
+            if db:
+                return f"Redis Cluster has only database 0 (the URL names database {db})"
+        return None
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """`"10.0.0.1:26379,sentinel-b:26379,[::1]:26379"` → ((host, port), ...); raises ValueError
+    naming the bad entry."""
+    found: list[tuple[str, int]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        host, sep, port_text = part.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or any(c in host for c in "/@ "):
+            raise ValueError(f"expected host:port, got {part!r}")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"port of {part!r} must be an integer") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port of {part!r} must be between 1 and 65535")
+        found.append((host, port))
+    return tuple(found)
+
+
+class TopologyOptions(TypedDict):
+    """CoordinatorConfig's options for where Redis is, beside redis_url."""
+
+    cluster: bool
+    sentinels: tuple[tuple[str, int], ...]
+    sentinel_master: str
+    sentinel_username: str | None
+    sentinel_password: str | None
+
+
+def options_from_environment(environ: Mapping[str, str]) -> TopologyOptions:
+    """The service's variables REDIS_CLUSTER, REDIS_SENTINELS, REDIS_SENTINEL_MASTER,
+    REDIS_SENTINEL_USERNAME and REDIS_SENTINEL_PASSWORD, for tools that read the environment
+    without the service's settings (the CLI). Raises ValueError naming the variable."""
+
+    def get(name: str) -> str:
+        return environ.get(name, "").strip()
+
+    cluster_text = get("REDIS_CLUSTER").lower()
+    if cluster_text not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"REDIS_CLUSTER: expected true or false, got {cluster_text!r}")
+    try:
+        sentinels = parse_sentinels(get("REDIS_SENTINELS"))
+    except ValueError as exc:
+        raise ValueError(f"REDIS_SENTINELS: {exc}") from None
+    return TopologyOptions(
+        cluster=cluster_text in ("1", "true", "yes", "on"),
+        sentinels=sentinels,
+        sentinel_master=get("REDIS_SENTINEL_MASTER"),
+        sentinel_username=get("REDIS_SENTINEL_USERNAME") or None,
+        sentinel_password=environ.get("REDIS_SENTINEL_PASSWORD") or None,
+    )
+
+
+class HiredisSentinelConnection(SentinelManagedConnection, HiredisPackingConnection):
+    """A connection to whichever server the sentinels name, packed with hiredis."""
+
+
+class BoundedSentinelConnectionPool(BoundedConnectionPool, SentinelConnectionPool):
+    """BoundedConnectionPool's waiting and cap, for the primary the sentinels name (a failover
+    closes the idle connections to the old one; each connection asks the sentinels on
+    connect)."""
+
+    def __init__(
+        self, service_name: str, sentinel_manager: Sentinel, *, timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            timeout=timeout,
+            service_name=service_name,
+            sentinel_manager=sentinel_manager,
+            **kwargs,
+        )
+
+
+@dataclass
+class RedisClients:
+    """The command client of one deployment, and where the wake subscription connects.
+
+    `commands` is a `redis.asyncio.Redis` for one server and for Sentinel (its pool follows
+    the primary), a `redis.asyncio.RedisCluster` for a Cluster (typed as Redis: it offers the
+    commands the library uses, each routed to the slot's node)."""
+
+    topology: RedisTopology
+    commands: aioredis.Redis
+    subscription: SubscriptionSource
+    sentinel: Sentinel | None = None
+
+    async def ping_primaries(self) -> None:
+        """PING every primary: each shard of a Cluster; the primary Sentinel names."""
+        if self.topology.cluster:
+            cluster = cast(RedisCluster, self.commands)
+            await cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self.commands.ping()
+
+    async def aclose(self) -> None:
+        try:
+            await self.commands.aclose()
+        finally:
+            if self.sentinel is not None:
+                await self.sentinel.aclose()
+
+
+def build_clients(
+    topology: RedisTopology, *, timeout_s: float, max_connections: int, pool_wait_s: float
+) -> RedisClients:
+    """The clients of one deployment. Nothing connects yet."""
+    # One quick retry survives a pooled connection that died with a Redis restart (or a
+    # Cluster's topology change, after which the client re-reads the slots); more would only
+    # delay the fast failure callers need when Redis is down.
+    retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
+    if topology.cluster:
+        cluster = RedisCluster.from_url(
+            topology.url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+            max_connections=max_connections,  # per node
+        )
+        kwargs = cluster.get_connection_kwargs()
+        if kwargs.get("connection_class") is Connection:  # not TLS: pack with hiredis
+            # The nodes are made from this dict when the client first reads the topology.
+            kwargs["connection_class"] = HiredisPackingConnection
+        return RedisClients(
+            topology=topology,
+            commands=cast(aioredis.Redis, cluster),
+            subscription=ClusterSubscriptionSource(cluster),
+        )
+    if topology.sentinels:
+        options: dict[str, Any] = dict(parse_url(topology.url))
+        for name in ("host", "port", "path"):
+            options.pop(name, None)
+        tls = options.pop("connection_class", None) is SSLConnection
+        sentinel_options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "username": topology.sentinel_username,
+            "password": topology.sentinel_password,
+        }
+        if tls:
+            sentinel_options["ssl"] = True
+            sentinel_options.update({k: v for k, v in options.items() if k.startswith("ssl_")})
+        sentinel = Sentinel(list(topology.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(
+            topology.sentinel_master,
+            connection_pool_class=BoundedSentinelConnectionPool,
+            connection_class=SentinelManagedSSLConnection if tls else HiredisSentinelConnection,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=retry,
+            max_connections=max_connections,
+            timeout=pool_wait_s,
+            **options,
+        )
+        return RedisClients(
+            topology=topology,
+            commands=client,
+            subscription=PoolSubscriptionSource(client.connection_pool),
+            sentinel=sentinel,
+        )
+    pool = BoundedConnectionPool.from_url(
+        topology.url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=retry,
+        max_connections=max_connections,
+        timeout=pool_wait_s,
+        connection_class=HiredisPackingConnection,  # rediss:// and unix:// keep their own
+    )
+    client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
+    return RedisClients(
+        topology=topology, commands=client, subscription=PoolSubscriptionSource(pool)
+    )

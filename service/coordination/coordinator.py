@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
-from .connection import BoundedConnectionPool, HiredisPackingConnection
+from .connection import RedisTopology, build_clients, parse_sentinels
 from .errors import CoordinationUnavailable
 from .keys import ACCOUNT, GLOBAL, KeySpace
 from .lease import Holder, Lease, shielded
@@ -52,29 +51,58 @@ class CoordinatorConfig:
     # for one, then fails closed with CoordinationSaturated. Opened on demand, kept once opened.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_wait_s: float | None = None
+    # Where Redis is (docs/redis-ha.md): with none of these, redis_url names the one server.
+    # A Cluster: `cluster=True`, redis_url names any node (one per slot: max_connections is per
+    # node). Sentinel: `sentinels` (("host", port), ...) or "host:port,host:port", and
+    # `sentinel_master`, the name they monitor; redis_url then names no server, only the
+    # primary's scheme (rediss:// for TLS, to the sentinels too), user, password and database
+    # ("redis://" when there is none). `sentinel_username`/`sentinel_password`: the
+    # sentinels' own credentials.
+    cluster: bool = False
+    sentinels: tuple[tuple[str, int], ...] | str = ()
+    sentinel_master: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            # Every key of a semaphore shares one hash tag, `{kind:id}`: a brace in the prefix
+            # would become the tag of every key, putting them all in one Cluster slot.
+            raise ValueError(f"prefix must not contain {{ or }} (got {self.prefix!r})")
+        self.topology  # noqa: B018 - raises ValueError for a bad combination
+
+    @property
+    def topology(self) -> RedisTopology:
+        sentinels = self.sentinels
+        if isinstance(sentinels, str):
+            sentinels = parse_sentinels(sentinels)
+        return RedisTopology(
+            url=self.redis_url or ("redis://" if sentinels else ""),
+            cluster=self.cluster,
+            sentinels=tuple((str(host), int(port)) for host, port in sentinels),
+            sentinel_master=self.sentinel_master,
+            sentinel_username=self.sentinel_username,
+            sentinel_password=self.sentinel_password,
+        )
 
 
 class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.keyspace = KeySpace(config.prefix)
-        pool = BoundedConnectionPool.from_url(
-            config.redis_url,
-            socket_timeout=config.redis_timeout_s,
-            socket_connect_timeout=config.redis_timeout_s,
-            # One quick retry survives a pooled connection that died with a Redis restart;
-            # more would only delay the fast failure callers need when Redis is down.
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        # One server, a Cluster or a Sentinel-managed primary (connection.build_clients).
+        pool_wait_s = config.redis_timeout_s if config.pool_wait_s is None else config.pool_wait_s
+        self.redis = build_clients(
+            config.topology,
+            timeout_s=config.redis_timeout_s,
             max_connections=config.max_connections,
-            timeout=config.redis_timeout_s if config.pool_wait_s is None else config.pool_wait_s,
-            connection_class=HiredisPackingConnection,  # rediss:// and unix:// keep their own
+            pool_wait_s=pool_wait_s,
         )
-        self.client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
-        # Opens the wake subscription's connection (WakeDispatcher health-checks it itself).
-        self._pubsub_client = aioredis.Redis.from_url(
-            config.redis_url, socket_connect_timeout=config.redis_timeout_s
-        )
+        self.client = self.redis.commands
         self.scripts = Scripts(self.client)
+        # The wake subscription connects where redis.subscription says (its source stands in
+        # for the client WakeDispatcher expects: it only passes `.connection_pool` on).
+        self._pubsub_client = cast(aioredis.Redis, self.redis.subscription)
         self.dispatcher = WakeDispatcher(self._pubsub_client, self.keyspace.channel_pattern)
         self.semaphores = Semaphores(
             scripts=self.scripts,
@@ -122,8 +150,7 @@ class Coordinator:
             await shielded(lease.release())
         await self.renewer.close()
         await self.dispatcher.close()
-        await self.client.aclose()
-        await self._pubsub_client.aclose()
+        await self.redis.aclose()
 
     async def ensure_declared(self) -> None:
         for semaphore_id, limit in self.config.declared.items():
@@ -131,8 +158,9 @@ class Coordinator:
             await self.registry.ensure(semaphore_id, limit, grace_ms)
 
     async def check(self) -> None:
-        """PING Redis; raise CoordinationUnavailable, whose `reason` says what is wrong."""
-        await guarded(self.client.ping())
+        """PING Redis (every primary of a Cluster); raise CoordinationUnavailable, whose
+        `reason` says what is wrong."""
+        await guarded(self.redis.ping_primaries())
 
     async def ping(self) -> bool:
         try:

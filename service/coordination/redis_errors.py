@@ -13,11 +13,14 @@ propagates unchanged.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from redis import exceptions as redis_exceptions
+from redis import sentinel as sync_sentinel
+from redis.asyncio import sentinel as async_sentinel
+
+from service.aio import raise_if_cancelling
 
 from .connection import PoolExhausted
 from .errors import CoordinationSaturated, CoordinationUnavailable
@@ -36,6 +39,30 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (redis_exceptions.MasterDownError, "Redis replica has lost its link to the primary"),
     (redis_exceptions.ClusterDownError, "Redis Cluster is down"),
     (redis_exceptions.TryAgainError, "Redis Cluster is moving this key's slot"),
+    # What the cluster client raises once its redirections ran out (a MOVED storm: slots
+    # moving, a failover under way), and MOVED from a client that does not follow it.
+    (
+        redis_exceptions.ClusterError,
+        "Redis Cluster kept redirecting the command: its slots are moving or a failover is "
+        "under way",
+    ),
+    (
+        redis_exceptions.AskError,
+        "Redis answered with a Cluster redirection: REDIS_URL names a Cluster node, set "
+        "REDIS_CLUSTER=true",
+    ),
+    (
+        redis_exceptions.SlotNotCoveredError,
+        "Redis Cluster has slots no node serves (a shard is down or failing over)",
+    ),
+    (
+        async_sentinel.MasterNotFoundError,
+        "Redis Sentinel names no reachable primary (down, or a failover is under way)",
+    ),
+    (
+        sync_sentinel.MasterNotFoundError,
+        "Redis Sentinel names no reachable primary (down, or a failover is under way)",
+    ),
     (redis_exceptions.BusyLoadingError, "Redis is loading its dataset into memory"),
     (redis_exceptions.AuthenticationError, "Redis refused this service's credentials"),
     (redis_exceptions.AuthorizationError, "Redis refused this service's credentials"),
@@ -52,6 +79,20 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 # redis-py's parser makes "ERR max number of clients reached" a plain ConnectionError: only its
 # text tells it from a refused connect.
 _MAXCLIENTS = "max number of clients reached"
+
+# The same for the Sentinel client's "this primary was demoted" (a READONLY reply it turned into
+# a ConnectionError, after which it asks the sentinels again), and for the cluster client's
+# failures that have no class of their own: only their text tells an outage from a bug (a
+# command without a key, keys of several slots).
+_TEXT_REASONS = {
+    "The previous master is now a slave": (
+        "Redis primary was demoted by a failover: the next call goes to the new primary"
+    ),
+    "Redis Cluster cannot be connected": "Redis Cluster is unreachable: no node answered",
+    "All slots are not covered": (
+        "Redis Cluster has slots no node serves (a shard is down or failing over)"
+    ),
+}
 
 # Error codes redis-py's parser has no class for (its ResponseError keeps the code in front).
 _UNCLASSIFIED_CODES = {
@@ -71,6 +112,14 @@ def unavailable(exc: BaseException) -> CoordinationUnavailable | None:
         return CoordinationUnavailable(
             "Redis refuses new connections: it has reached maxclients", detail=detail
         )
+    if isinstance(exc, redis_exceptions.MaxConnectionsError):
+        # A Cluster node's connections all busy: the cluster client fails at once, no wait.
+        limit = getattr(getattr(exc, "connection", None), "max_connections", 0)
+        return CoordinationSaturated(max_connections=int(limit), waited_s=0.0)
+    if isinstance(exc, (redis_exceptions.ConnectionError, redis_exceptions.RedisClusterException)):
+        for prefix, reason in _TEXT_REASONS.items():
+            if str(exc).startswith(prefix):
+                return CoordinationUnavailable(reason, detail=detail)
     for exception_class, reason in _REASONS:
         if isinstance(exc, exception_class):
             return CoordinationUnavailable(reason, detail=detail)
@@ -84,15 +133,10 @@ def unavailable(exc: BaseException) -> CoordinationUnavailable | None:
 async def guarded(operation: Awaitable[T]) -> T:
     try:
         result = await operation
-    except (redis_exceptions.RedisError, OSError) as exc:
+    except (redis_exceptions.RedisError, redis_exceptions.RedisClusterException, OSError) as exc:
         mapped = unavailable(exc)
         if mapped is None:
             raise
         raise mapped from exc
-    # On Python 3.11, redis-py's asyncio client loses a cancellation that lands inside its read
-    # timeout (measured: about 2 in 3 cancels of an in-flight command return normally). A task
-    # that was asked to stop must stop: a cancelled acquire must never hand back a lease.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    raise_if_cancelling()  # a cancelled acquire must never hand back a lease
     return result

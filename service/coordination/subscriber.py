@@ -13,17 +13,36 @@ redis-py still opens the connection, with whatever the URL asks for (AUTH, TLS, 
 HELLO); its transport is then handed to `_PushProtocol`. A subscribed connection only ever
 receives, apart from the PINGs of the health check, which also notice a connection that died
 without a word.
+
+Where it connects is a `SubscriptionSource`:
+
+- one server: that server (`PoolSubscriptionSource`, the command pool's connection settings);
+- Sentinel: the primary the sentinels name now (the same, with a Sentinel pool); every health
+  check also asks the sentinels, and a subscription on a server that is no longer the primary
+  is given up, so it follows a failover even when the old primary stays up;
+- a Cluster: any one node (`ClusterSubscriptionSource`). Classic PUBLISH is broadcast to every
+  node of a Cluster, replicas included, so one PSUBSCRIBE anywhere receives every semaphore's
+  messages; when that node is lost, the next attempt starts with the next node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+Address = tuple[str, int]
+SENTINEL_CHECK_TIMEOUT_S = 2.0  # the longest a health check waits for the sentinels
 
 
 class SubscriptionLost(ConnectionError):
@@ -81,24 +100,128 @@ class _PushProtocol(asyncio.Protocol):
                 future.exception()  # nobody need be awaiting it: no "never retrieved" warning
 
 
+class SubscriptionSource:
+    """Where the subscription connects: `connect` returns a new, connected redis-py connection
+    that belongs to the caller; `is_current` says whether a subscription at `address` still
+    receives what it should (asked once per health check)."""
+
+    async def connect(self) -> AbstractConnection:
+        raise NotImplementedError
+
+    async def is_current(self, address: Address | None) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        """Nothing to close: every connection made belongs to its subscription."""
+
+    @property
+    def connection_pool(self) -> SubscriptionSource:
+        # WakeDispatcher (wake.py) passes `client.connection_pool` to Subscription.open: a
+        # source handed to it as its client is passed on as itself.
+        return self
+
+
+class PoolSubscriptionSource(SubscriptionSource):
+    """A connection as `pool` makes them (its class and settings: AUTH, TLS, HELLO, a unix
+    socket), outside the pool: the subscription does not take a command connection. With a
+    Sentinel pool the connection asks the sentinels for the primary when it connects."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    async def connect(self) -> AbstractConnection:
+        pool = self._pool
+        connection: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        await connection.connect()  # type: ignore[no-untyped-call]
+        return connection
+
+    async def is_current(self, address: Address | None) -> bool:
+        pool = self._pool
+        if not isinstance(pool, SentinelConnectionPool) or address is None:
+            return True
+        try:
+            async with asyncio.timeout(SENTINEL_CHECK_TIMEOUT_S):
+                host, port = await pool.sentinel_manager.discover_master(pool.service_name)
+        except (RedisError, OSError, TimeoutError):
+            return True  # the sentinels cannot tell now: keep the subscription
+        return (str(host), int(port)) == address
+
+
+class ClusterSubscriptionSource(SubscriptionSource):
+    """A connection to one node of a Cluster, with the cluster client's connection settings;
+    each attempt starts with the node after the one used last (the first at random), and
+    tries every known node before it gives up."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self._cluster = cluster
+        self._last: str | None = None
+
+    async def connect(self) -> AbstractConnection:
+        nodes = self._cluster.get_nodes()
+        if not nodes:
+            await self._cluster.initialize()  # reads the topology (raises if no node answers)
+            nodes = self._cluster.get_nodes()
+        nodes.sort(key=lambda node: node.name)
+        names = [node.name for node in nodes]
+        start = names.index(self._last) + 1 if self._last in names else random.randrange(len(nodes))
+        error: BaseException | None = None
+        for index in range(len(nodes)):
+            node = nodes[(start + index) % len(nodes)]
+            # As the cluster client's own connections: no retry below the cluster's.
+            options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+            connection: AbstractConnection = node.connection_class(**options)
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError) as exc:
+                error = exc
+                continue
+            self._last = node.name
+            return connection
+        raise SubscriptionLost(f"no cluster node accepted the subscription: {error!r}")
+
+    async def is_current(self, address: Address | None) -> bool:
+        nodes = self._cluster.get_nodes()
+        if not nodes or address is None:
+            return True  # the client is re-reading the topology: cannot tell
+        return any((str(node.host), int(node.port)) == address for node in nodes)
+
+
+def _address(connection: AbstractConnection) -> Address | None:
+    host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+    if host is None or port is None:
+        return None  # a unix socket
+    return (str(host), int(port))
+
+
 class Subscription:
-    def __init__(self, protocol: _PushProtocol, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        protocol: _PushProtocol,
+        writer: asyncio.StreamWriter,
+        source: SubscriptionSource | None = None,
+        address: Address | None = None,
+    ) -> None:
         self._protocol = protocol
         # Kept alive: a StreamWriter that is collected closes its transport.
         self._writer = writer
+        self._source = source or SubscriptionSource()
+        self.address = address  # the server subscribed to (None for a unix socket)
 
     @classmethod
     async def open(
         cls,
-        pool: ConnectionPool,
+        source: SubscriptionSource | ConnectionPool,
         patterns: list[str],
         on_message: Callable[[bytes], None],
         timeout_s: float,
     ) -> Subscription:
-        """Connect (redis-py's connection, as `pool` would make it) and subscribe to
-        `patterns`. Raises redis-py's connection errors, SubscriptionLost or TimeoutError."""
-        connection = pool.make_connection()  # type: ignore[no-untyped-call]
-        await connection.connect()
+        """Connect where `source` says (a ConnectionPool: as that pool would connect) and
+        subscribe to `patterns`. Raises redis-py's connection errors, SubscriptionLost or
+        TimeoutError."""
+        if isinstance(source, ConnectionPool):
+            source = PoolSubscriptionSource(source)
+        connection = await source.connect()
+        address = _address(connection)
         writer = connection._writer
         if writer is None:
             raise SubscriptionLost("connection closed while opening")
@@ -115,13 +238,14 @@ class Subscription:
         except BaseException:
             transport.close()
             raise
-        return cls(protocol, writer)
+        return cls(protocol, writer, source, address)
 
     async def serve(self, health_check_s: float) -> None:
         """Return never; raise SubscriptionLost once the connection is gone. A connection that
-        read nothing since the PING sent one health-check interval ago is given up. (Replies
-        already in the socket are read before this task resumes, so an event-loop stall alone
-        does not count as silence.)"""
+        read nothing since the PING sent one health-check interval ago is given up, and so is
+        one to a server that no longer gets the messages (see SubscriptionSource.is_current).
+        (Replies already in the socket are read before this task resumes, so an event-loop
+        stall alone does not count as silence.)"""
         protocol = self._protocol
         pinged_at: float | None = None
         while True:
@@ -131,6 +255,9 @@ class Subscription:
             if pinged_at is not None and protocol.last_read < pinged_at:
                 protocol.transport.close()
                 raise SubscriptionLost("subscription connection silent")
+            if not await self._source.is_current(self.address):
+                protocol.transport.close()
+                raise SubscriptionLost("the subscribed server no longer serves this deployment")
             pinged_at = time.monotonic()
             protocol.transport.write(b"*1\r\n$4\r\nPING\r\n")
 

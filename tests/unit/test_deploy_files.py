@@ -431,4 +431,25 @@ def test_demo_profile_adds_the_simulator(compose: dict[str, Any]) -> None:
     assert "/_sim/health" in " ".join(probe)
     if probe[:3] == ["CMD", "python", "-c"]:
         compile(probe[3], "simulator healthcheck", "exec")
-    assert [n for n, s in services.items() if "profiles" in s] == ["simulator"]
+    assert [n for n, s in services.items() if "demo" in s.get("profiles", [])] == ["simulator"]
+
+
+def test_sentinel_profile_adds_a_replica_and_three_sentinels(compose: dict[str, Any]) -> None:
+    """docs/redis-ha.md: the profile's services, and nothing else in a profile but the demo."""
+    services = compose["services"]
+    profiled = {n: s["profiles"] for n, s in services.items() if "profiles" in s}
+    sentinels = ["sentinel-1", "sentinel-2", "sentinel-3"]
+    in_profile = {name: ["sentinel"] for name in ["redis-replica", *sentinels]}
+    assert profiled == {"simulator": ["demo"], **in_profile}
+    replica = [str(a) for a in services["redis-replica"]["command"]]
+    at = replica.index("--replicaof")
+    assert replica[at + 1 : at + 3] == ["redis", "6379"]
+    names = set()
+    for name in sentinels:
+        script = services[name]["command"][-1]
+        assert "sentinel monitor rcg-primary redis 6379 2" in script
+        assert "--sentinel" in script and "resolve-hostnames yes" in script
+        names.add(services[name]["environment"]["SENTINEL_NAME"])
+        [volume] = services[name]["volumes"]
+        assert volume.split(":")[0] in compose["volumes"], "a sentinel's state outlives restarts"
+    assert names == set(sentinels)

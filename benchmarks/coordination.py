@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from benchmarks.coord_naive import NaiveSemaphore
 from benchmarks.coord_redis import PrivateRedis, ServerCounters
 from benchmarks.coord_worker import run_on_loop
 from service.coordination import AcquireTimeout, Coordinator, CoordinatorConfig
+from service.coordination.script_calls import AcquireReply, Queued, ScriptCalls
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 4
@@ -327,6 +328,7 @@ async def micro(server: PrivateRedis, c: Coordinator, iterations: int, probes: i
     # Acquire cost with N queued waiters: LIMIT holders, then N queue entries made directly with
     # the acquire_slot script (long queue TTL so they stay), then time a new id's acquire.
     holders = []
+    calls = ScriptCalls(c.scripts, c.keyspace)
     for n in QUEUE_SIZES:
         sem_id = f"queued-{n}"
         await c.registry.create(sem_id, LIMIT)
@@ -334,10 +336,7 @@ async def micro(server: PrivateRedis, c: Coordinator, iterations: int, probes: i
         keys = c.keyspace.semaphore(sem_id)
         for start in range(0, n, 500):
             await asyncio.gather(
-                *(
-                    c.scripts.call("acquire_slot", keys.all, enqueue_args(c, keys.channel, f"w{i}"))
-                    for i in range(start, min(n, start + 500))
-                )
+                *(enqueue(calls, sem_id, f"w{i}") for i in range(start, min(n, start + 500)))
             )
         assert await server_zcard(c, keys.queue) == n
 
@@ -356,26 +355,24 @@ async def micro(server: PrivateRedis, c: Coordinator, iterations: int, probes: i
     for r in range(rounds):
         for n in QUEUE_SIZES:
             sem_id = f"queued-{n}"
-            keys = c.keyspace.semaphore(sem_id)
             before = ServerCounters.read(server.client)
             for _ in range(probe_round):
                 await timed(try_samples[n], lambda s=sem_id: try_once(s))
             try_counts = try_counts.plus(ServerCounters.read(server.client).minus(before))
             for i in range(probe_round):
                 waiter = f"probe-{r}-{i}"
-                args = enqueue_args(c, keys.channel, waiter)
                 before = ServerCounters.read(server.client)
-                reply: list[Any] = []
+                reply: list[AcquireReply] = []
 
-                async def enqueue(
-                    a: list[Any] = args, k: list[str] = keys.all, out: list[Any] = reply
+                async def probe(
+                    s: str = sem_id, w: str = waiter, out: list[AcquireReply] = reply
                 ) -> None:
-                    out.append(await c.scripts.call("acquire_slot", k, a))
+                    out.append(await enqueue(calls, s, w))
 
-                await timed(enq_samples[n], enqueue)
+                await timed(enq_samples[n], probe)
                 enq_counts = enq_counts.plus(ServerCounters.read(server.client).minus(before))
-                assert int(reply[0][0]) == 0 and int(reply[0][1]) == n + 1, reply
-                await c.scripts.call("release_slot", keys.all, [waiter, keys.channel, ""])
+                assert isinstance(reply[0], Queued) and reply[0].position == n + 1, reply
+                await calls.release_slot(sem_id, lease_id=waiter)
     for n in QUEUE_SIZES:
         result.try_once_us[n] = statistics.median(try_samples[n])
         result.enqueue_us[n] = statistics.median(enq_samples[n])
@@ -388,20 +385,19 @@ async def micro(server: PrivateRedis, c: Coordinator, iterations: int, probes: i
     return result
 
 
-def enqueue_args(c: Coordinator, channel: str, waiter: str) -> list[Any]:
-    """acquire_slot ARGV for a waiter that queues (see redis_scripts/acquire_slot.lua)."""
-    return [
-        waiter,
-        int(LEASE_TTL_S * 1000),
-        c.holder("bench").to_json(),
-        "1",
-        LONG_QUEUE_TTL_MS,
-        0,
-        0,
-        0,
-        channel,
-        json.dumps({"replica": "bench", "since": time.time()}),
-    ]
+def enqueue(calls: ScriptCalls, sem_id: str, waiter: str) -> Awaitable[AcquireReply]:
+    """One acquire_slot call for a waiter that queues (a long queue entry TTL: it stays)."""
+    return calls.acquire_slot(
+        sem_id,
+        lease_id=waiter,
+        ttl_ms=int(LEASE_TTL_S * 1000),
+        holder_json=json.dumps({"replica": "bench", "purpose": "bench"}),
+        acquired_at=time.time(),
+        replica="bench",
+        waiting_since=time.time(),
+        queue=True,
+        queue_ttl_ms=LONG_QUEUE_TTL_MS,
+    )
 
 
 async def server_zcard(c: Coordinator, key: str) -> int:

@@ -6,8 +6,8 @@ fingerprint). Windows use `{win:<scope>}`, except an account's creation window, 
 its account's tag (`{acct:<fp>}:window`) so that one script can take a slot and an entry.
 
 Channels are not keys: a semaphore's wake channel `<base>:wake` carries plain wake-ups (a
-delete), and `<base>:wake:<token>` carries the grants to the waiters of the one process whose
-lease ids end in `-<token>` (service/coordination/wake.py).
+delete), and `<base>:wake:<token>` the grants to one process's waiters (the grant protocol:
+service/coordination/semaphore.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class SemaphoreKeys:
 
     @property
     def all(self) -> list[str]:
-        """In the order every semaphore script expects (redis_scripts/lib/common.lua)."""
+        """In the order every semaphore script expects (redis_scripts/lib/semaphore.lua)."""
         return [
             self.meta,
             self.holders,

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import Any, Protocol
 
+from .script_calls import RenewCode
+
 
 @dataclass
 class Holder:
@@ -31,9 +33,15 @@ class Holder:
     # the prediction's hard deadline ends it (docs/slot-ownership.md).
     create_unknown: bool = False
 
-    def to_json(self) -> str:
+    def to_json(self, *, acquired_at: bool = True) -> str:
+        """The JSON Redis keeps in the lease's record. Without `acquired_at` for acquire_slot,
+        which stamps it itself (the moment of the attempt that admits, or of the grant)."""
         # Every field is a plain value: a shallow dict is enough (asdict copies deeply, slowly).
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if acquired_at or f.name != "acquired_at"
+        }
         return json.dumps(values, separators=(",", ":"))
 
     @property
@@ -43,12 +51,13 @@ class Holder:
         return getattr(self, "remote", False) is True
 
 
-# renew_leases.lua's code per lease: kept, or why it was lost.
-RENEWED, REASSERTED = 1, 2
+# Why renew_leases lost a lease, in words for its holder.
 LOST_REASONS = {
-    0: "it expired before it could be renewed (this replica stalled or was cut off from Redis)",
-    3: "its semaphore was deleted by an operator",
-    4: (
+    RenewCode.EXPIRED: (
+        "it expired before it could be renewed (this replica stalled or was cut off from Redis)"
+    ),
+    RenewCode.DELETED: "its semaphore was deleted by an operator",
+    RenewCode.GONE: (
         "it was no longer there: taken over by another replica after this one stopped renewing "
         "it, released by an operator, or expired and purged"
     ),

@@ -25,13 +25,13 @@ holders after a Redis data loss, which know the epoch they acquired in.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from .coordinator import Coordinator
 from .keys import GLOBAL
-from .lease import REASSERTED, RENEWED, Holder, Lease
+from .lease import Holder, Lease
 from .redis_errors import guarded
+from .script_calls import LeaseToRenew, ReleaseOutcome, ScriptCalls, json_object, text
 
 # The longest `holder` text a remote client may attach (shown to operators).
 MAX_HOLDER_TEXT = 200
@@ -68,13 +68,11 @@ async def acquire_remote(
 
 
 def _is_remote(raw_holder: object) -> bool:
-    if not isinstance(raw_holder, bytes | str):
-        return False
-    try:
-        data = json.loads(raw_holder)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and data.get("remote") is True
+    return json_object(raw_holder).get("remote") is True
+
+
+def _calls(coordinator: Coordinator) -> ScriptCalls:
+    return ScriptCalls(coordinator.scripts, coordinator.keyspace)
 
 
 async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> int | None:
@@ -87,20 +85,19 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
     raw_holder, epoch = await guarded(pipe.execute())
     if not _is_remote(raw_holder) or epoch is None:
         return None
-    epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
     # Only reached if Redis lost its data between the two calls above and the lease is inside
     # the re-created semaphore's grace: then re-asserting it is right, and this is its holder.
     holder_json = remote_holder(coordinator, "remote lease (re-asserted)").to_json()
-    ttl_ms = coordinator.semaphores.lease_ttl_ms
-    reply = await guarded(
-        coordinator.scripts.call(
-            "renew_leases",
-            keys.all,
-            # limit "0": never re-create a deleted semaphore; keys TTL "0": registered keys.
-            [ttl_ms, 0, 0, 0, lease_id, epoch_text, holder_json],
+    # No recreate_limit: never re-create a deleted semaphore; no keys TTL: registered keys.
+    renewal = await guarded(
+        _calls(coordinator).renew_leases(
+            semaphore_id,
+            GLOBAL,
+            ttl_ms=coordinator.semaphores.lease_ttl_ms,
+            leases=[LeaseToRenew(lease_id, text(epoch), holder_json)],
         )
     )
-    return int(reply[0]) if int(reply[2]) in (RENEWED, REASSERTED) else None
+    return renewal.expires_at_ms if renewal.codes[0].kept else None
 
 
 async def release_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> bool:
@@ -108,7 +105,7 @@ async def release_remote(coordinator: Coordinator, semaphore_id: str, lease_id: 
     keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
     if not _is_remote(await guarded(coordinator.client.hget(keys.info, lease_id))):
         return False
-    reply = await guarded(
-        coordinator.scripts.call("release_slot", keys.all, [lease_id, keys.channel, ""])
+    released = await guarded(
+        _calls(coordinator).release_slot(semaphore_id, GLOBAL, lease_id=lease_id)
     )
-    return int(reply) == 1
+    return released.outcome == ReleaseOutcome.SLOT

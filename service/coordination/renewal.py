@@ -30,13 +30,15 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
+from service.aio import stop_task
+
 from .errors import CoordinationUnavailable
 from .keys import KeySpace
-from .lease import LOST_REASONS, REASSERTED, RENEWED, UNRENEWED, Lease
+from .lease import LOST_REASONS, UNRENEWED, Lease
 from .redis_errors import guarded
+from .script_calls import LeaseToRenew, ScriptCalls, text
 from .scripts import Scripts
 from .semaphore import Semaphores
-from .tasks import stop_task
 
 log = logging.getLogger("service.coordination.renewal")
 
@@ -52,7 +54,7 @@ class Renewer:
         on_data_loss: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
-        self._scripts = scripts
+        self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace
         self._semaphores = semaphores
         self._on_data_loss = on_data_loss
@@ -180,7 +182,7 @@ class Renewer:
         pipe.get(self._keyspace.epoch)
         pipe.pttl(self._keyspace.fresh)
         created, current_raw, fresh_ms = await guarded(pipe.execute())
-        current = current_raw.decode() if isinstance(current_raw, bytes) else str(current_raw)
+        current = text(current_raw)
         if created:
             young_ms = ttl_ms - int(await self._uptime_s() * 1000)
             if young_ms > 0:
@@ -223,30 +225,32 @@ class Renewer:
 
     async def renew_group(self, leases: list[Lease]) -> None:
         first = leases[0]
-        keys = self._keyspace.semaphore(first.semaphore_id, first.kind)
         # Re-create a missing semaphore only when Redis lost data; otherwise it was deleted
         # and its leases are lost.
         suspected = time.monotonic() < self._semaphores.loss_suspected_until
-        args: list[object] = [
-            self._semaphores.lease_ttl_ms,
-            first.limit if suspected else 0,
-            self._semaphores.lease_ttl_ms,
-            first.keys_ttl_ms,
-        ]
-        for lease in leases:
-            args += [lease.lease_id, lease.epoch, lease.holder.to_json()]
         sent_at = time.monotonic()
-        reply = await guarded(self._scripts.call("renew_leases", keys.all, args))
-        expiry = int(reply[0])
-        epoch = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        for lease, code in zip(leases, reply[2:], strict=True):
+        renewal = await guarded(
+            self._calls.renew_leases(
+                first.semaphore_id,
+                first.kind,
+                ttl_ms=self._semaphores.lease_ttl_ms,
+                leases=[
+                    LeaseToRenew(lease.lease_id, lease.epoch, lease.holder.to_json())
+                    for lease in leases
+                ],
+                recreate_limit=first.limit if suspected else 0,
+                grace_ms=self._semaphores.lease_ttl_ms,
+                keys_ttl_ms=first.keys_ttl_ms,
+            )
+        )
+        for lease, code in zip(leases, renewal.codes, strict=True):
             if lease.released or lease.lost.is_set():
                 continue  # released while the renewal was in flight (not lost, just gone), or
                 # already reported lost by a concurrent renewal
-            if int(code) not in (RENEWED, REASSERTED):
+            if not code.kept:
                 self._semaphores.held.pop(lease.lease_id, None)
                 self.lost_total += 1
-                reason = LOST_REASONS.get(int(code), UNRENEWED)
+                reason = LOST_REASONS.get(code, UNRENEWED)
                 log.warning(
                     "lease lost",
                     extra={
@@ -260,4 +264,4 @@ class Renewer:
                 for listener in self.on_lost:
                     listener(lease)
             else:
-                lease.renewed(expiry, epoch, sent_at)
+                lease.renewed(renewal.expires_at_ms, renewal.epoch, sent_at)

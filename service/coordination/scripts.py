@@ -28,20 +28,27 @@ def find_scripts_dir() -> Path:
 
 
 SCRIPTS_DIR = find_scripts_dir()
-_USES_COMMON = "-- uses: common"
+_USES = "-- uses:"
 
 
 @cache
 def script_source(name: str) -> str:
-    """The Lua text of one operation, with the shared helpers prepended where it asks for them."""
+    """The Lua text of one operation, with the libraries its first line names prepended, in
+    that order (`-- uses: common semaphore` → lib/common.lua, lib/semaphore.lua)."""
     text = (SCRIPTS_DIR / f"{name}.lua").read_text()
-    if _USES_COMMON in text:
-        text = (SCRIPTS_DIR / "lib" / "common.lua").read_text() + "\n" + text
-    return text
+    first_line = text.partition("\n")[0]
+    if not first_line.startswith(_USES):
+        return text
+    libraries = first_line.removeprefix(_USES).split()
+    return "\n".join(
+        [*((SCRIPTS_DIR / "lib" / f"{lib}.lua").read_text() for lib in libraries), text]
+    )
 
 
 class Scripts:
-    """One registered script per operation, bound to one client."""
+    """One registered script per operation, bound to one client: the raw door to Redis for every
+    script call. `service.coordination.script_calls` wraps each one with named parameters and a
+    typed reply; nothing else should call `call` directly."""
 
     NAMES = (
         "acquire_slot",
@@ -53,6 +60,7 @@ class Scripts:
         "delete_semaphore",
         "take_window",
         "adopt_orphans",
+        "read_semaphore",
     )
 
     def __init__(self, client: aioredis.Redis) -> None:

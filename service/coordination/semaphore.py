@@ -1,8 +1,12 @@
 """Acquiring and releasing leased slots, with first-come-first-served waiting across replicas.
 
-Grant on release: a release gives the freed slot straight to the queue head, in the same Lua
-script, and tells the head's process; the waiter returns its lease on that message without a
-second call. A worked timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (Redis time):
+The grant protocol (this is its one description; wake.py, keys.py, redis_scripts/lib/
+semaphore.lua and docs/redis-keys.md point here). Grant on release: a release gives the freed
+slot straight to the queue head, in the same Lua script (grant_heads), and tells the head's
+process; the waiter returns its lease on that message without a second call. A lease id is
+"<random>-<process token>", and a grant goes to "<semaphore wake channel>:<token>", which only
+that process subscribes to (WakeDispatcher: one pub/sub connection per process). A worked
+timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (Redis time):
 
     t=0.000  A: acquire_slot  → free=1, queue empty  → A holds L1 until t=30
     t=0.100  B: acquire_slot(L2) → free=0            → B queued at position 1; its entry expires
@@ -25,6 +29,15 @@ second call. A worked timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (R
     "already held" by L2 and extends it to a full TTL. If A's replica had died instead,
     nobody releases: L1 expires at t=30, and B's poll purges it and takes the slot at t≈30.
 
+So no waiter relies on a message: pub/sub can lose one (a dropped connection, a restart: after
+a reconnect every local waiter re-checks once), a release reply can be lost (then every waiter
+of the releasing process re-checks at once), and a lease that expires sends none. Every wait is
+also bounded by a poll that never sleeps past the nearest lease expiry or the end of a grace.
+Any script that frees slots grants them the same way: release_slot (also an operator's
+force-release), acquire_slot when it purged expired holders or raised an account's limit,
+set_limit and create_semaphore ("ensure") when they raise a limit. A delete publishes the
+waiters' ids on the wake channel itself: each re-checks and learns the semaphore is gone.
+
 Every acquire has a random lease id chosen before the first call, so a cancelled or failed
 acquire can always clean up after itself (release_slot removes the id from holders and queue,
 whichever it is in; a slot granted to it meanwhile goes on to the next head) without knowing
@@ -35,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import secrets
 import time
 from collections import OrderedDict
@@ -44,9 +56,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AcquireTimeout, SemaphoreNotFound
-from .keys import GLOBAL, KeySpace, SemaphoreKeys
+from .keys import GLOBAL, KeySpace
 from .lease import Holder, Lease, shielded
 from .redis_errors import guarded
+from .script_calls import Admitted, Missing, ReleaseOutcome, ScriptCalls
+from .script_calls import WindowAsk as WindowAsk  # AcquireOptions.window; re-exported
 from .scripts import Scripts
 from .wake import WakeDispatcher
 
@@ -87,13 +101,6 @@ class Orphan:
     orphaned_for_s: float
 
 
-@dataclass(frozen=True)
-class WindowAsk:
-    key: str
-    limit: int
-    window_ms: int
-
-
 class Semaphores:
     def __init__(
         self,
@@ -105,8 +112,7 @@ class Semaphores:
         lease_ttl_s: float,
         queue_entry_ttl_s: float,
     ) -> None:
-        self._scripts = scripts
-        self._keyspace = keyspace
+        self._calls = ScriptCalls(scripts, keyspace)
         self._dispatcher = dispatcher
         self._replica_id = replica_id
         self.lease_ttl_s = lease_ttl_s
@@ -130,9 +136,6 @@ class Semaphores:
     @property
     def lease_ttl_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
-
-    def keys_for(self, lease: Lease) -> SemaphoreKeys:
-        return self._keyspace.semaphore(lease.semaphore_id, lease.kind)
 
     def grace_ms_for(self, kind: str, semaphore_id: str) -> int:
         """Grace to set if this call finds the semaphore gone. Any hint that Redis lost data
@@ -160,20 +163,16 @@ class Semaphores:
     async def acquire(
         self, semaphore_id: str, options: AcquireOptions, holder: Holder | None = None
     ) -> Lease:
-        keys = self._keyspace.semaphore(semaphore_id, options.kind)
         stamped: Holder = holder or Holder(replica=self._replica_id)
         lease_id = self._dispatcher.new_waiter_id()
         wake = self._dispatcher.register(lease_id)
         started = time.monotonic()
         deadline = started + options.timeout_s
-        waiter_json = json.dumps({"replica": self._replica_id, "since": time.time()})
-        queue = "1" if options.timeout_s > 0 else "0"
-        script_keys = keys.all
-        window_args: list[object] = []
+        waiting_since = time.time()
+        queue = options.timeout_s > 0
+        # What Redis keeps of the holder, but for `acquired_at`, which each attempt stamps.
+        holder_json = stamped.to_json(acquired_at=False)
         window_entry_id = secrets.token_hex(8)
-        if options.window is not None:
-            script_keys = [*keys.all, options.window.key]
-            window_args = [options.window.limit, options.window.window_ms, window_entry_id]
         acquired = False
 
         def lease_of(expires_at_ms: int, epoch: str, limit: int, valid_s: float | None) -> Lease:
@@ -214,60 +213,57 @@ class Semaphores:
                 # that admits it is the one Redis keeps; a grant re-stamps it).
                 stamped = dataclasses.replace(stamped, acquired_at=time.time())
                 reply = await guarded(
-                    self._scripts.call(
-                        "acquire_slot",
-                        script_keys,
-                        [
-                            lease_id,
-                            self.lease_ttl_ms,
-                            stamped.to_json(),
-                            queue,
-                            self._queue_entry_ttl_ms,
-                            options.create_limit,
-                            grace_ms,
-                            options.keys_ttl_ms,
-                            keys.channel,
-                            waiter_json,
-                            options.pin_ms,
-                            *window_args,
-                        ],
+                    self._calls.acquire_slot(
+                        semaphore_id,
+                        options.kind,
+                        lease_id=lease_id,
+                        ttl_ms=self.lease_ttl_ms,
+                        pin_ms=options.pin_ms,
+                        holder_json=holder_json,
+                        acquired_at=stamped.acquired_at,
+                        replica=self._replica_id,
+                        waiting_since=waiting_since,
+                        queue=queue,
+                        queue_ttl_ms=self._queue_entry_ttl_ms,
+                        create_limit=options.create_limit,
+                        grace_ms=grace_ms,
+                        keys_ttl_ms=options.keys_ttl_ms,
+                        window=options.window,
+                        window_request_id=window_entry_id,
                     )
                 )
-                status = int(reply[0])
-                if status == -1:
+                if isinstance(reply, Missing):
                     raise SemaphoreNotFound(semaphore_id)
-                if int(reply[5]) > 0:
+                if reply.orphans > 0:
                     self._notice_orphans(options.kind, semaphore_id)
-                if status == 1:
+                if isinstance(reply, Admitted):
                     # Admitted, or granted earlier (then extended to a full TTL by this call):
                     # a grant message still on its way is stale.
                     self._dispatcher.take_grant(lease_id)
-                    lease = lease_of(int(reply[1]), _text(reply[2]), int(reply[4]), None)
-                    if len(reply) > 6:
-                        lease.window_entry = int(reply[6]) == 1
-                        lease.window_entry_id = window_entry_id if lease.window_entry else None
-                        lease.window_wait_s = int(reply[7]) / 1000
+                    lease = lease_of(reply.expires_at_ms, reply.epoch, reply.limit, None)
+                    lease.window_entry = reply.window_entry
+                    lease.window_entry_id = window_entry_id if reply.window_entry else None
+                    lease.window_wait_s = reply.window_wait_ms / 1000
                     acquired = True
                     return self._admitted(lease, started)
-                position, hint_ms, limit = int(reply[1]), int(reply[2]), int(reply[4])
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AcquireTimeout(
                         scope=options.scope,
                         limit_id=semaphore_id,
-                        limit=limit,
+                        limit=reply.limit,
                         waited_s=time.monotonic() - started,
-                        retry_after_s=max(1.0, hint_ms / 1000),
-                        position=position,
+                        retry_after_s=max(1.0, reply.retry_hint_ms / 1000),
+                        position=reply.position,
                     )
-                await wake.wait(min(hint_ms / 1000, remaining))
+                await wake.wait(min(reply.retry_hint_ms / 1000, remaining))
         except BaseException as exc:
-            if not acquired and not (queue == "0" and isinstance(exc, AcquireTimeout)):
+            if not acquired and (queue or not isinstance(exc, AcquireTimeout)):
                 # Also frees a slot granted to this id that it never took (or took too late).
                 # (A try-once that found no slot never queued: nothing to clean up, and it did
                 # not time out.)
                 counter = "timed_out" if isinstance(exc, AcquireTimeout) else ""
-                await shielded(self._release_id(keys, lease_id, counter))
+                await shielded(self._release_id(semaphore_id, options.kind, lease_id, counter))
             raise
         finally:
             self._dispatcher.unregister(lease_id)
@@ -308,32 +304,26 @@ class Semaphores:
     async def adopt(self, semaphore_id: str, kind: str, count: int) -> list[Orphan]:
         """Claim up to `count` orphans of a semaphore (adopt_orphans.lua): each becomes a lease
         of this process, renewed like its own, until its holder releases it."""
-        keys = self._keyspace.semaphore(semaphore_id, kind)
-        new_ids = [self._dispatcher.new_waiter_id() for _ in range(count)]
-        reply = await guarded(
-            self._scripts.call(
-                "adopt_orphans", keys.all, [self.lease_ttl_ms, self._replica_id, *new_ids]
+        adoption = await guarded(
+            self._calls.adopt_orphans(
+                semaphore_id,
+                kind,
+                ttl_ms=self.lease_ttl_ms,
+                adopter=self._replica_id,
+                new_ids=[self._dispatcher.new_waiter_id() for _ in range(count)],
             )
         )
-        now_ms, epoch, limit = int(reply[0]), _text(reply[1]), int(reply[2])
         orphans: list[Orphan] = []
-        for i in range(3, len(reply), 5):
-            lease_id, old_id, raw_record = _text(reply[i]), _text(reply[i + 1]), reply[i + 2]
-            pin_ms, orphaned_ms = int(reply[i + 3]), int(reply[i + 4])
-            try:
-                record = json.loads(_text(raw_record))
-            except ValueError:
-                record = {}
-            if not isinstance(record, dict):
-                record = {}
+        for claimed in adoption.claimed:
+            record = claimed.record
             lease = Lease(
                 owner=self,
                 semaphore_id=semaphore_id,
                 kind=kind,
-                lease_id=lease_id,
-                expires_at_ms=now_ms + self.lease_ttl_ms,
-                epoch=epoch,
-                limit=limit,
+                lease_id=claimed.lease_id,
+                expires_at_ms=adoption.now_ms + self.lease_ttl_ms,
+                epoch=adoption.epoch,
+                limit=adoption.limit,
                 ttl_s=self.lease_ttl_s,
                 holder=Holder(
                     replica=self._replica_id,
@@ -342,14 +332,14 @@ class Semaphores:
                 ),
                 keys_ttl_ms=0,
             )
-            self.held[lease_id] = lease
+            self.held[claimed.lease_id] = lease
             orphans.append(
                 Orphan(
                     lease=lease,
-                    previous_lease_id=old_id,
+                    previous_lease_id=claimed.previous_lease_id,
                     record=record,
-                    pin_in_s=(pin_ms - now_ms) / 1000,
-                    orphaned_for_s=max(0, now_ms - orphaned_ms) / 1000,
+                    pin_in_s=(claimed.pin_ms - adoption.now_ms) / 1000,
+                    orphaned_for_s=max(0, adoption.now_ms - claimed.orphaned_at_ms) / 1000,
                 )
             )
         return orphans
@@ -362,16 +352,19 @@ class Semaphores:
         self.held.pop(lease.lease_id, None)
         for listener in self.on_released:
             listener(lease, 0.0)
-        return await self._release_id(self.keys_for(lease), lease.lease_id, "")
+        return await self._release_id(lease.semaphore_id, lease.kind, lease.lease_id, "")
 
-    async def _release_id(self, keys: SemaphoreKeys, lease_id: str, counter: str) -> bool:
+    async def _release_id(self, semaphore_id: str, kind: str, lease_id: str, counter: str) -> bool:
         # With this process's token, a slot granted to one of its own waiters comes back in the
         # reply rather than over pub/sub: the waiter gets it as soon as the releaser hears back.
-        token = self._dispatcher.token
         try:
-            reply = await guarded(
-                self._scripts.call(
-                    "release_slot", keys.all, [lease_id, keys.channel, counter, token]
+            released = await guarded(
+                self._calls.release_slot(
+                    semaphore_id,
+                    kind,
+                    lease_id=lease_id,
+                    counter=counter,
+                    local_token=self._dispatcher.token,
                 )
             )
         except BaseException:
@@ -379,22 +372,16 @@ class Semaphores:
             # lost reply: every local waiter re-checks now rather than at its next poll.
             self._dispatcher.wake_all()
             raise
-        status, kept = reply
-        if kept:
-            self._dispatcher.handle(_text(kept), local=True)
-        return int(status) == 1
+        if released.local_grants:
+            self._dispatcher.handle(released.local_grants, local=True)
+        return released.outcome == ReleaseOutcome.SLOT
 
     async def annotate(self, lease: Lease) -> bool:
-        keys = self.keys_for(lease)
-        reply = await guarded(
-            self._scripts.call(
-                "annotate_lease",
-                [keys.holders, keys.info],
-                [lease.lease_id, lease.holder.to_json()],
+        return await guarded(
+            self._calls.annotate_lease(
+                lease.semaphore_id,
+                lease.kind,
+                lease_id=lease.lease_id,
+                holder_json=lease.holder.to_json(),
             )
         )
-        return int(reply) == 1
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,27 +1,18 @@
 """One pub/sub connection per process that delivers grants to its waiters and wakes them.
 
-Grant on release: when a slot frees, the releasing script gives it straight to the queue head
-(see grant_heads in redis_scripts/lib/common.lua) and announces the grant to the head's process
-only. A lease id is "<random>-<token>", the token naming this dispatcher's process, and grants
-for it go to "<semaphore wake channel>:<token>". So every process subscribes to two patterns:
+Its part in the grant protocol (described once, with a timeline, in semaphore.py): it
+subscribes to two patterns,
 
-    rcg:{*}:wake:<token>   grants to this process's waiters:
-                           "grant <now ms> <limit> <epoch> <id>:<expiry ms> ..."
-    rcg:{*}:wake           plain wake-ups, "<id> <id> ...", published when a semaphore is deleted
-                           (each waiter re-checks and learns it is gone), and grants to ids
-                           without a token
+    rcg:{*}:wake:<token>   grants to this process's waiters (the format: grant_heads in
+                           redis_scripts/lib/semaphore.lua)
+    rcg:{*}:wake           plain wake-ups, "<id> <id> ...": a semaphore was deleted
 
-A release by this process passes its token, so grants to this process's own waiters come back
-in the release reply instead, and go through `handle` the same way (one hop sooner).
-
-A grant sets the waiter's event and leaves its details for Semaphores.acquire (`take_grant`).
-Pub/sub can lose messages (a dropped connection, a restart), and a release reply can be lost
-(then Semaphores wakes every local waiter to re-check), so no waiter relies on either: every
-wait is also bounded by a poll, and a waiter that polls after a grant it never heard of is told
-it holds the slot (acquire_slot's "already held"). After a reconnect every local waiter is woken
-once to re-check, since messages may have been missed. The connection is read by
-`subscriber.Subscription`, which hands each message to `handle` in the callback that received
-it, and PINGs it every HEALTH_CHECK_S to notice a connection that died without a word.
+and `handle` reads each message, or a grant that a release by this process returned in its
+reply instead: a grant sets the waiter's event and leaves its details for Semaphores.acquire
+(`take_grant`). After a reconnect every local waiter is woken once to re-check, since messages
+may have been missed. The connection is read by `subscriber.Subscription`, which hands each
+message to `handle` in the callback that received it, and PINGs it every HEALTH_CHECK_S to
+notice a connection that died without a word.
 """
 
 from __future__ import annotations
@@ -34,8 +25,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from service.aio import stop_task
+
 from .subscriber import Subscription
-from .tasks import stop_task
 
 log = logging.getLogger("service.coordination.wake")
 

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from .errors import AcquireTimeout
 from .keys import KeySpace
 from .redis_errors import guarded
+from .script_calls import ScriptCalls
 from .scripts import Scripts
 
 WINDOW_S = 60.0
@@ -39,24 +40,21 @@ class WindowResult:
 class SlidingWindow:
     def __init__(self, *, client: aioredis.Redis, scripts: Scripts, keyspace: KeySpace) -> None:
         self._client = client
-        self._scripts = scripts
+        self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace
 
     async def take(self, scope: str, limit: int, window_s: float = WINDOW_S) -> WindowResult:
         entry_id = secrets.token_hex(8)
-        reply = await guarded(
-            self._scripts.call(
-                "take_window",
-                [self._keyspace.window(scope)],
-                [limit, int(window_s * 1000), entry_id],
+        taken = await guarded(
+            self._calls.take_window(
+                scope, limit=limit, window_ms=int(window_s * 1000), request_id=entry_id
             )
         )
-        admitted = int(reply[0]) == 1
         return WindowResult(
-            admitted=admitted,
-            remaining=int(reply[1]),
-            wait_s=int(reply[2]) / 1000,
-            entry_id=entry_id if admitted else "",
+            admitted=taken.admitted,
+            remaining=taken.remaining,
+            wait_s=taken.wait_ms / 1000,
+            entry_id=entry_id if taken.admitted else "",
         )
 
     async def give_back(self, scope: str, entry_id: str) -> None:

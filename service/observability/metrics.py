@@ -317,7 +317,8 @@ class Metrics:
             async with asyncio.timeout(timeout_s):
                 ids = (await coordinator.registry.list())[:MAX_SEMAPHORES]
                 found = await asyncio.gather(
-                    *(coordinator.registry.view(i, detail=True) for i in ids),
+                    # Counts and counters only: holders and waiters are never read here.
+                    *(coordinator.registry.view(i) for i in ids),
                     return_exceptions=True,
                 )
         except (TimeoutError, CoordinationError) as exc:

@@ -1,18 +1,34 @@
-"""Runs the real Lua scripts on fakeredis with a controllable Redis clock."""
+"""Runs the real Lua scripts on fakeredis with a controllable Redis clock, through the same typed
+calls the library makes (service/coordination/script_calls.py)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import fakeredis
 import pytest
 from fakeredis.commands_mixins import server_mixin
 
 from service.coordination.keys import KeySpace, SemaphoreKeys
+from service.coordination.script_calls import (
+    AcquireReply,
+    Adoption,
+    CreateOutcome,
+    LeaseToRenew,
+    Released,
+    ReleaseOutcome,
+    Renewal,
+    ScriptCalls,
+    SemaphoreReading,
+    WindowAsk,
+    WindowTake,
+)
 from service.coordination.scripts import Scripts, script_source
 
 HOLDER = {"replica": "r", "purpose": "", "prediction_id": None, "acquired_at": 1.5}
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -26,28 +42,54 @@ class FakeClock:
         self.now += seconds
 
 
+class FakeScripts:
+    """The scripts on a synchronous fakeredis client, behind the interface ScriptCalls uses."""
+
+    def __init__(self, client: fakeredis.FakeRedis) -> None:
+        self._scripts = {
+            name: client.register_script(script_source(name)) for name in Scripts.NAMES
+        }
+
+    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._scripts[name](keys=list(keys), args=list(args))
+
+
+def done(call: Coroutine[Any, Any, T]) -> T:
+    """The result of a script call (it never suspends: fakeredis answers at once)."""
+    try:
+        call.send(None)
+    except StopIteration as finished:
+        return finished.value  # type: ignore[no-any-return]
+    call.close()
+    raise RuntimeError("a script call suspended")
+
+
 class Harness:
-    """Sync access to every script, with the keys of one semaphore and one window."""
+    """Sync access to every script, with the keys of one semaphore ("s", prefix "t") and one
+    window ("a")."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-        self.scripts = {
-            name: self.client.register_script(script_source(name)) for name in Scripts.NAMES
-        }
-        self.keys: SemaphoreKeys = KeySpace("t").semaphore("s")
+        self.keyspace = KeySpace("t")
+        self.calls = ScriptCalls(FakeScripts(self.client), self.keyspace)
+        self.keys: SemaphoreKeys = self.keyspace.semaphore("s")
         self.pubsub = self.client.pubsub()
         # The wake channel itself and every process's grant channel ("<channel>:<token>").
         self.pubsub.psubscribe(self.keys.channel + "*")
         self.pubsub.get_message(timeout=0.1)
 
-    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return self.scripts[name](keys=keys, args=args)
+    def create(self, limit: int) -> CreateOutcome:
+        return done(self.calls.create_semaphore("s", limit=limit, mode="create"))
 
-    def create(self, limit: int) -> int:
-        return int(
-            self.run("create_semaphore", self.keys.all, [limit, "create", self.keys.channel])
-        )
+    def ensure(self, limit: int) -> CreateOutcome:
+        return done(self.calls.create_semaphore("s", limit=limit, mode="ensure"))
+
+    def set_limit(self, limit: int) -> int | None:
+        return done(self.calls.set_limit("s", limit=limit))
+
+    def delete(self) -> bool:
+        return done(self.calls.delete_semaphore("s"))
 
     def acquire(
         self,
@@ -61,35 +103,38 @@ class Harness:
         holder: dict[str, Any] | None = None,
         window: tuple[str, int, int, str] | None = None,
         pin_ms: int = 0,
-    ) -> list[Any]:
-        """`window`: (log key, limit, window ms, request id) to take an entry with the slot."""
-        keys, extra = self.keys.all, []
-        if window is not None:
-            keys = [*keys, window[0]]
-            extra = list(window[1:])
-        return list(
-            self.run(
-                "acquire_slot",
-                keys,
-                [
-                    lease_id,
-                    ttl_ms,
-                    json.dumps(holder or HOLDER, separators=(",", ":")),
-                    "1" if queue else "0",
-                    queue_ttl_ms,
-                    create_limit,
-                    grace_ms,
-                    0,
-                    self.keys.channel,
-                    json.dumps({"replica": "r", "since": 1.5}),
-                    pin_ms,
-                    *extra,
-                ],
+    ) -> AcquireReply:
+        """`window`: (log key, limit, window ms, request id) to take an entry with the slot.
+        `holder`: the holder JSON Redis should keep, `acquired_at` included."""
+        fields = dict(holder or HOLDER)
+        acquired_at = float(fields.pop("acquired_at"))
+        return done(
+            self.calls.acquire_slot(
+                "s",
+                lease_id=lease_id,
+                ttl_ms=ttl_ms,
+                pin_ms=pin_ms,
+                holder_json=json.dumps(fields, separators=(",", ":")),
+                acquired_at=acquired_at,
+                replica="r",
+                waiting_since=1.5,
+                queue=queue,
+                queue_ttl_ms=queue_ttl_ms,
+                create_limit=create_limit,
+                grace_ms=grace_ms,
+                window=None if window is None else WindowAsk(*window[:3]),
+                window_request_id="" if window is None else window[3],
             )
         )
 
-    def release(self, lease_id: str) -> int:
-        return int(self.run("release_slot", self.keys.all, [lease_id, self.keys.channel, ""]))
+    def release(self, lease_id: str) -> ReleaseOutcome:
+        return self.release_as(lease_id).outcome
+
+    def release_as(self, lease_id: str, token: str = "", counter: str = "") -> Released:
+        """release_slot by the process whose token is `token` ('' none)."""
+        return done(
+            self.calls.release_slot("s", lease_id=lease_id, counter=counter, local_token=token)
+        )
 
     def renew(
         self,
@@ -98,20 +143,29 @@ class Harness:
         ttl_ms: int = 1000,
         create_limit: int = 0,
         grace_ms: int = 1000,
-    ) -> list[Any]:
-        args: list[Any] = [ttl_ms, create_limit, grace_ms, 0]
-        for lease_id, epoch in leases:
-            args += [lease_id, epoch, "{}"]
-        return list(self.run("renew_leases", self.keys.all, args))
+    ) -> Renewal:
+        return done(
+            self.calls.renew_leases(
+                "s",
+                ttl_ms=ttl_ms,
+                leases=[LeaseToRenew(lease_id, epoch, "{}") for lease_id, epoch in leases],
+                recreate_limit=create_limit,
+                grace_ms=grace_ms,
+            )
+        )
 
-    def adopt(self, new_ids: list[str], *, ttl_ms: int = 1000) -> list[Any]:
-        return list(self.run("adopt_orphans", self.keys.all, [ttl_ms, "adopter", *new_ids]))
+    def adopt(self, new_ids: list[str], *, ttl_ms: int = 1000) -> Adoption:
+        return done(
+            self.calls.adopt_orphans("s", ttl_ms=ttl_ms, adopter="adopter", new_ids=new_ids)
+        )
 
-    def take(self, limit: int, request_id: str, window_ms: int = 60_000) -> list[int]:
-        return [
-            int(x)
-            for x in self.run("take_window", ["t:{win:a}:log"], [limit, window_ms, request_id])
-        ]
+    def take(self, limit: int, request_id: str, window_ms: int = 60_000) -> WindowTake:
+        return done(
+            self.calls.take_window("a", limit=limit, window_ms=window_ms, request_id=request_id)
+        )
+
+    def read(self, *, detail: bool = True) -> SemaphoreReading | None:
+        return done(self.calls.read_semaphore("s", detail=detail))
 
     def live_holders(self) -> int:
         now_ms = int(self.clock.now * 1000)
@@ -141,13 +195,11 @@ class Harness:
         """The scripts' `now` (fakeredis TIME: rounded to the microsecond, then ms floored)."""
         return round(self.clock.now * 1_000_000) // 1000
 
-    def annotate(self, lease_id: str, holder: dict[str, Any]) -> int:
-        """annotate_lease: replace a held lease's holder JSON (1), or 0 if it is not held."""
-        return int(
-            self.run(
-                "annotate_lease",
-                [self.keys.holders, self.keys.info],
-                [lease_id, json.dumps(holder, separators=(",", ":"))],
+    def annotate(self, lease_id: str, holder: dict[str, Any]) -> bool:
+        """annotate_lease: replace a held lease's holder JSON, or False if it is not held."""
+        return done(
+            self.calls.annotate_lease(
+                "s", lease_id=lease_id, holder_json=json.dumps(holder, separators=(",", ":"))
             )
         )
 

@@ -7,6 +7,7 @@ from fakeredis.commands_mixins import server_mixin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.coordination.script_calls import Admitted
 from tests.unit.script_harness import FakeClock, Harness
 
 operations = st.lists(
@@ -48,8 +49,8 @@ def test_live_holders_never_exceed_the_limit(limit: int, ops: list[tuple[str, in
             score = harness.client.zscore(harness.keys.holders, lease)
             already_held = score is not None and score > harness.now_ms()
             reply = harness.acquire(lease, ttl_ms=1000, queue=op == "acquire")
-            if reply[0] == 1:
-                epochs[lease] = reply[2].decode()
+            if isinstance(reply, Admitted):
+                epochs[lease] = reply.epoch
                 if not already_held:
                     # A new admission happens only below the limit in force.
                     assert harness.live_holders() <= current_limit
@@ -63,7 +64,7 @@ def test_live_holders_never_exceed_the_limit(limit: int, ops: list[tuple[str, in
         elif op == "set_limit":
             # Holders above a lowered limit keep their slots until they release.
             current_limit = 1 + amount % 4
-            harness.run("set_limit", harness.keys.all, [current_limit, harness.keys.channel])
+            harness.set_limit(current_limit)
         assert harness.live_holders() <= 4
 
 
@@ -105,7 +106,7 @@ def test_no_slot_stays_free_while_a_live_waiter_queues(
         elif op == "advance":
             clock.advance(amount / 1000)
         elif op == "set_limit":
-            harness.run("set_limit", harness.keys.all, [1 + amount % 4, harness.keys.channel])
+            harness.set_limit(1 + amount % 4)
         if op in ("acquire", "try", "set_limit"):
             now = harness.now_ms()
             current = int(harness.client.hget(harness.keys.meta, "limit"))
@@ -139,11 +140,11 @@ def test_window_never_admits_more_than_n_in_any_60s(limit: int, gaps_ms: list[in
     admitted: list[float] = []
     for i, gap in enumerate(gaps_ms):
         clock.advance(gap / 1000)
-        ok, _, wait_ms = harness.take(limit, f"r{i}")
-        if ok:
+        taken = harness.take(limit, f"r{i}")
+        if taken.admitted:
             admitted.append(clock.now)
         else:
-            assert wait_ms > 0
+            assert taken.wait_ms > 0
             # The wait is exact: one moment earlier the window would still be full.
             in_window = [t for t in admitted if t > clock.now - 60]
             assert len(in_window) >= limit

@@ -25,7 +25,6 @@ the scripts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from service.coordination.script_calls import AcquireReply, Admitted, Queued
 from tests.unit.script_harness import FakeClock, Harness, redis_clock
 
 TTL_MS = 1000
@@ -180,7 +180,7 @@ class SlotOwnershipModel(RuleBasedStateMachine):
     def waiting(self) -> list[tuple[Process, str]]:
         return [(proc, lease_id) for proc in self.live() for lease_id in proc.waiters]
 
-    def acquire_as(self, proc: Process, lease_id: str, pin_ms: int, queue: bool) -> list[Any]:
+    def acquire_as(self, proc: Process, lease_id: str, pin_ms: int, queue: bool) -> AcquireReply:
         reply = self.h.acquire(
             lease_id,
             ttl_ms=TTL_MS,
@@ -190,11 +190,11 @@ class SlotOwnershipModel(RuleBasedStateMachine):
             holder=self.holder(proc),
         )
         self.read_grants()
-        assert reply[0] in (0, 1), reply
+        assert isinstance(reply, Admitted | Queued), reply
         return reply
 
     def acquired(
-        self, proc: Process, lease_id: str, pin_ms: int, reply: list[Any], end: int, annotate: bool
+        self, proc: Process, lease_id: str, pin_ms: int, reply: Admitted, end: int, annotate: bool
     ) -> None:
         """An acquire said 1: admitted, or granted by a release earlier (rule: a prediction
         starts when its waiter learns of its slot)."""
@@ -205,7 +205,7 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         pin = now + pin_ms if pin_ms else 0
         pinned = self.h.client.zscore(self.h.keys.pins, lease_id)
         assert pinned == (pin or None), f"{lease_id} acquired with pin {pin}, pins say {pinned}"
-        lease = Lease(lease_id, reply[2].decode(), int(reply[1]), pin)
+        lease = Lease(lease_id, reply.epoch, reply.expires_at_ms, pin)
         proc.leases[lease_id] = lease
         self.start(proc, lease, lease_id, end, annotate)
 
@@ -251,12 +251,12 @@ class SlotOwnershipModel(RuleBasedStateMachine):
             return
         now = self.now()
         reply = self.h.renew([(lease.lease_id, lease.epoch) for lease in leases], ttl_ms=TTL_MS)
-        for lease, code in zip(leases, reply[2:], strict=True):
+        for lease, code in zip(leases, reply.codes, strict=True):
             if code == 1:
                 assert lease.lease_id not in self.retired, (
                     f"{lease.lease_id} renewed after it was adopted: one slot, two ids"
                 )
-                lease.expiry_ms = int(reply[0])
+                lease.expiry_ms = reply.expires_at_ms
                 continue
             assert code in (0, 4), (lease.lease_id, code)
             assert now >= lease.expiry_ms, (
@@ -270,15 +270,15 @@ class SlotOwnershipModel(RuleBasedStateMachine):
     def adopt_orphans(self, proc: Process, count: int) -> None:
         new_ids = [self.new_id(proc) for _ in range(count)]
         reply = self.h.adopt(new_ids, ttl_ms=TTL_MS)
-        now, epoch = int(reply[0]), reply[1].decode()
-        claimed = reply[3:]
-        assert len(claimed) % 5 == 0 and len(claimed) // 5 <= count, reply
+        now, epoch = reply.now_ms, reply.epoch
+        # Whole claims (the reply parses in fives), no more than asked for.
+        assert len(reply.claimed) <= count, reply
         redis = Snapshot.read(self.h)
         holders, pinned, info, orphans = redis.holders, redis.pins, redis.info, redis.orphans
-        for i in range(0, len(claimed), 5):
-            new, old = claimed[i].decode(), claimed[i + 1].decode()
-            record, pin = json.loads(claimed[i + 2]), int(claimed[i + 3])
-            assert new == new_ids[i // 5] and pin > now
+        for i, claim in enumerate(reply.claimed):
+            new, old = claim.lease_id, claim.previous_lease_id
+            record, pin = claim.record, claim.pin_ms
+            assert new == new_ids[i] and pin > now
             for name, ids in (("holders", holders), ("pins", pinned), ("info", info)):
                 assert old not in ids, f"adopted {old} still in {name}: one slot, two ids"
             assert old not in orphans, f"adopted {old} still an orphan"
@@ -330,12 +330,12 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         proc = live[who % len(live)]
         lease_id = self.new_id(proc)
         reply = self.acquire_as(proc, lease_id, pin_ms, queue)
-        if reply[0] == 1:
+        if isinstance(reply, Admitted):
             self.acquired(proc, lease_id, pin_ms, reply, end, annotate)
         elif queue:
             proc.waiters[lease_id] = pin_ms
-        if adopt and reply[5] > 0:
-            self.adopt_orphans(proc, int(reply[5]))
+        if adopt and reply.orphans > 0:
+            self.adopt_orphans(proc, reply.orphans)
 
     @precondition(lambda self: self.waiting())
     @rule(
@@ -359,9 +359,9 @@ class SlotOwnershipModel(RuleBasedStateMachine):
                 # A pinned grant is confirmed by a renewal before it is used, however late the
                 # message was read (Semaphores._complete_grant): lost, the waiter gives up here.
                 renewed = self.h.renew([(lease_id, epoch)], ttl_ms=TTL_MS)
-                if int(renewed[2]) not in (1, 2):
+                if renewed.codes[0] not in (1, 2):
                     return
-                expiry = int(renewed[0])
+                expiry = renewed.expires_at_ms
             lease = Lease(lease_id, epoch, expiry, granted_at + pin_ms if pin_ms else 0)
             proc.leases[lease_id] = lease
             # Unpinned: granted, then maybe orphaned and adopted before it read the message,
@@ -376,10 +376,10 @@ class SlotOwnershipModel(RuleBasedStateMachine):
             self.read_grants()
         else:
             reply = self.acquire_as(proc, lease_id, pin_ms, queue=True)
-            if reply[0] == 1:
+            if isinstance(reply, Admitted):
                 self.acquired(proc, lease_id, pin_ms, reply, end, annotate)
-            if adopt and reply[5] > 0:
-                self.adopt_orphans(proc, int(reply[5]))
+            if adopt and reply.orphans > 0:
+                self.adopt_orphans(proc, reply.orphans)
 
     def current(self, lease_id: str) -> str:
         """The id a slot is held under now, following adoptions."""

@@ -19,13 +19,13 @@ fingerprint only.
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
 from service.config import Settings
 from service.errors import Unauthorized, Unavailable
 from service.fingerprint import token_fingerprint
-from service.generation import Caller
 from service.upstream import Upstream
 
 ADMIN_HEADER = "X-Admin-API-Key"
@@ -38,6 +38,16 @@ INVALID_ADMIN_KEY = "Invalid admin API key"
 INVALID_CREDENTIALS = "Invalid Replicate API token in credentials"
 ADMIN_KEY_REQUIRED = f"Admin API key required: provide '{ADMIN_HEADER}'"
 NO_SERVER_TOKEN = "Server has no REPLICATE_API_TOKEN configured"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who pays: the Replicate account (by fingerprint) and its token, never logged."""
+
+    account: str
+    tier: str
+    is_admin: bool
+    token: str = field(repr=False)
 
 
 def _given(admin_key: str | None) -> str | None:

@@ -32,43 +32,56 @@ The slots held at any moment are used at once; no deadlock cycle can form (nothi
 holding). A caller sent back to step 1 loses its place in S's queue, and only then: when it
 could not have used the slot anyway. The one exception to "never wait holding" is a retry of
 a create that Replicate refused (429, 5xx): its attempt has begun, so it waits for its
-window entry keeping its slots (service.generation).
+window entry keeping its slots (Slots.before_create).
+
+`Limits.hold()` is how a prediction uses all this:
+
+    async with limits.hold(account, semaphore_id, timeout_s=..., holder=...) as slots:
+        return await slots.guard(upstream.run_prediction(..., before_create=slots.before_create))
+
+`guard` cancels the run when a lease is lost (the prediction would otherwise run outside the
+limit) and says so; the block's exit releases the slots, shielded from cancellation, unless the
+run left a prediction that may still be running (`slots.leave_running()`): its slots are then
+abandoned, to expire into orphans that a replica adopts and settles (docs/slot-ownership.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from service.aio import Background, cancel_and_wait, cancelling, shielded
 from service.config import Settings
 from service.coordination import (
+    ACCOUNT,
     AcquireTimeout,
     CoordinationError,
     CoordinationUnavailable,
     Coordinator,
     Holder,
     Lease,
-    SemaphoreNotFound,
 )
-from service.coordination.lease import shielded
-from service.errors import LimitTimeout, NotFound, ServiceError, Unavailable
+from service.coordination_errors import service_error
+from service.errors import (
+    PredictionFailed,
+    UpstreamError,
+)
+from service.grace import GraceWatch
+
+log = logging.getLogger("service.limits")
+
+T = TypeVar("T")
 
 # A slot is pinned for PREDICTION_TIMEOUT_SECONDS (every create's Cancel-After is at most the
 # time left of it) plus this: the create's travel, the skew between Redis' clock and
 # Replicate's, and Replicate's own cancellation.
 PIN_MARGIN_S = 30.0
-
-# What each AcquireTimeout scope is called in an answer.
-_LIMIT_NAMES = {
-    "semaphore": "external semaphore '{id}'",
-    "account_concurrency": "the account's concurrency limit (REPLICATE_CONCURRENT_LIMIT)",
-    "account_rate": "the account's requests-per-minute limit (REPLICATE_REQUESTS_PER_MINUTE)",
-}
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,96 @@ class Held:
         return self.leases[-1]
 
 
+class LeaseLostError(UpstreamError):
+    """A slot was lost while its prediction ran: the prediction was cancelled (see Lease)."""
+
+    def __init__(self, lease: Lease) -> None:
+        which = (
+            "the account's concurrency limit (REPLICATE_CONCURRENT_LIMIT)"
+            if lease.kind == ACCOUNT
+            else f"external semaphore '{lease.semaphore_id}'"
+        )
+        why = lease.why_invalid() or "it was lost"
+        super().__init__(
+            f"Lost the slot of {which}: {why}. The prediction was cancelled so that the limit "
+            "holds; retry the request",
+            fields={"limit_scope": "account_concurrency" if lease.kind == ACCOUNT else "semaphore"},
+        )
+
+
+class Slots:
+    """The slots of one prediction inside `Limits.hold()`: what its run calls."""
+
+    def __init__(self, limits: Limits, account: str, held: Held, deadline: float) -> None:
+        self._limits = limits
+        self._account = account
+        self._deadline = deadline
+        self.leases = held.leases
+        self._creates = 0
+        self.left_running = False
+        self.create_unknown = False
+
+    async def before_create(self) -> None:
+        """Before every create: our leases still hold, and a window entry is ours (the first
+        came with the account slot; a retried create waits for another, keeping its slots —
+        its attempt has begun)."""
+        self.check()
+        self._creates += 1
+        if self._creates == 1:
+            return
+        try:
+            await self._limits.take_create_token(
+                self._account, timeout_s=_remaining(self._deadline)
+            )
+        except CoordinationError as exc:
+            raise service_error(exc) from exc
+        self.check()
+
+    def check(self) -> None:
+        for lease in self.leases:
+            if not lease.is_valid():
+                raise LeaseLostError(lease)
+
+    async def guard(self, work: Coroutine[Any, Any, T]) -> T:
+        """`work`'s result; cancelled (and awaited while it cancels its prediction upstream)
+        as soon as a lease is lost, which raises LeaseLostError."""
+        run = asyncio.ensure_future(work)
+        lost: list[Lease] = []
+
+        def cancel_on_loss(lease: Lease) -> None:
+            lost.append(lease)
+            run.cancel()
+
+        for lease in self.leases:
+            lease.on_lost(cancel_on_loss)
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            if not run.done():  # we were cancelled: the run must clean up before we go on
+                await cancel_and_wait(run)
+            if lost and not cancelling():
+                raise LeaseLostError(lost[0]) from None
+            raise
+        except PredictionFailed as exc:
+            # Cancelled by another replica that took over our slot while we were stalled or
+            # cut off (docs/slot-ownership.md): say that, not just "canceled".
+            stale = lost or [lease for lease in self.leases if not lease.is_valid()]
+            if exc.status == "canceled" and stale:
+                raise LeaseLostError(stale[0]) from None
+            raise
+
+    async def annotate(self, prediction_id: str) -> None:
+        """Record the prediction's id on the leases, off the critical path: operators see it,
+        and an adopter cancels by it if this replica dies."""
+        self._limits.background.spawn(_annotate(self.leases, prediction_id))
+
+    def leave_running(self, *, create_unknown: bool = False) -> None:
+        """A prediction may still be running (its cancel did not go through; or its create's
+        answer never came: `create_unknown`): its slots must stay taken, not be released."""
+        self.left_running = True
+        self.create_unknown = self.create_unknown or create_unknown
+
+
 class Limits:
     """Takes and gives back the three limits of one prediction (see the module timeline)."""
 
@@ -92,6 +195,40 @@ class Limits:
         self._poll_budget = settings.poll_budget_per_minute
         # Each slot is pinned to its prediction's hard deadline (docs/slot-ownership.md).
         self._pin_s = settings.prediction_timeout_seconds + PIN_MARGIN_S
+        self.background = Background("lease annotations")
+        self.grace = GraceWatch(coordinator)  # says when the data-loss grace delays or refuses
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, account: str, semaphore_id: str | None, *, timeout_s: float, holder: Holder
+    ) -> AsyncIterator[Slots]:
+        """Every slot of one prediction for the block (see the module docstring)."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        grace_s = await self.grace.before(account, semaphore_id)  # 0 unless Redis looks new
+        try:
+            held = await self.acquire(account, semaphore_id, timeout_s=timeout_s, holder=holder)
+        except AcquireTimeout as exc:  # the data-loss grace's own answer, if it is the cause
+            raise (await self.grace.refusal(exc) or service_error(exc)) from exc
+        except CoordinationError as exc:
+            raise service_error(exc) from exc
+        if grace_s > 0:
+            self.grace.delayed(grace_s, time.monotonic() - started, semaphore_id)
+        slots = Slots(self, account, held, deadline)
+        try:
+            yield slots
+        finally:
+            if slots.left_running:
+                log.warning(
+                    "prediction may still be running: its slots are left to adoption",
+                    extra={"prediction_id": holder.prediction_id},
+                )
+                await _abandon(held, create_unknown=slots.create_unknown)
+            else:
+                await release(held)
+
+    async def close(self) -> None:
+        await self.background.close()
 
     async def acquire(
         self, account: str, semaphore_id: str | None, *, timeout_s: float, holder: Holder
@@ -220,38 +357,32 @@ class Limits:
 async def release(held: Held) -> None:
     """Release every lease at once (one round trip of latency), shielded from cancellation."""
     if held.leases:
-        await shielded(asyncio.gather(*(lease.release() for lease in held.leases)))
-
-
-def service_error(exc: CoordinationError) -> ServiceError:
-    """The one mapping from the coordination library's errors to the service's answers."""
-    if isinstance(exc, AcquireTimeout):
-        what = _LIMIT_NAMES.get(exc.scope, exc.scope).format(id=exc.limit_id)
-        return LimitTimeout(
-            f"Timed out after {exc.waited_s:.1f}s waiting for {what} (limit {exc.limit}); "
-            f"retry after {max(1, math.ceil(exc.retry_after_s))}s",
-            scope=exc.scope,
-            limit_id=exc.limit_id if exc.scope == "semaphore" else "account",
-            retry_after_s=exc.retry_after_s,
+        await shielded(
+            asyncio.gather(*(lease.release() for lease in held.leases)), what="releasing slots"
         )
-    if isinstance(exc, SemaphoreNotFound):
-        return NotFound(f"External semaphore '{exc.semaphore_id}' not found")
-    return unavailable(exc)
 
 
-def unavailable(exc: CoordinationError | None = None) -> Unavailable:
-    """Fail closed: no limit can be checked, so nothing starts. Says why when Redis said."""
-    if not isinstance(exc, CoordinationUnavailable):
-        return Unavailable(
-            "Coordination store (Redis) is unreachable; no generation can start until it is back",
-            headers={"Retry-After": "5"},
+async def _abandon(held: Held, *, create_unknown: bool) -> None:
+    """Stop renewing without releasing. A create whose answer never came may still land at
+    Replicate, later than any lookup could see: its record says so, and an adopter then keeps
+    the slot until the prediction's hard deadline."""
+    if create_unknown:
+        for lease in held.leases:
+            lease.holder.create_unknown = True
+        await shielded(
+            asyncio.gather(*(lease.annotate() for lease in held.leases)),
+            what="marking a create of unknown outcome",
         )
-    return Unavailable(
-        f"Coordination store (Redis) cannot be used: {exc.reason}; no generation can start "
-        "until it is back",
-        fields={"reason": exc.reason},
-        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
-    )
+    for lease in held.leases:
+        lease.abandon()
+
+
+async def _annotate(leases: list[Lease], prediction_id: str) -> None:
+    """Best effort: a failure here never touches the generation (a coordination error is
+    expected while Redis is away; anything else is logged by the background group)."""
+    for lease in leases:
+        with contextlib.suppress(CoordinationError):
+            await lease.set_prediction_id(prediction_id)
 
 
 def _remaining(deadline: float) -> float:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from service.aio import Background
 from service.coordination import CoordinationError, Coordinator, Orphan
 from service.fingerprint import token_fingerprint
 from service.sealing import TokenSealer
@@ -37,6 +38,8 @@ from service.upstream.results import TERMINAL_STATUSES
 log = logging.getLogger("service.orphans")
 
 ADOPT_BATCH = 16
+# The purpose in a durable job's slots' records (service.jobs.runner).
+JOB_PURPOSE_PREFIX = "job "
 # Between a lease's acquisition (its record's clock) and Replicate's created_at.
 CLOCK_SKEW_S = 60.0
 # How often an adopter re-reads the account's newest predictions for an unnamed orphan.
@@ -65,7 +68,7 @@ class OrphanKeeper:
         self._server_account = token_fingerprint(server_token) if server_token else None
         self._sealer = sealer
         self._adopting: set[tuple[str, str]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background("orphan settling")
         self.on_settled: list[SettledListener] = []
 
     def notice(self, kind: str, semaphore_id: str) -> None:
@@ -78,10 +81,7 @@ class OrphanKeeper:
 
     async def close(self) -> None:
         """Stop settling; adopted leases still unsettled lapse back into orphans."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     async def _adopt(self, kind: str, semaphore_id: str) -> None:
         try:
@@ -133,8 +133,11 @@ class OrphanKeeper:
         token = self._token_for(orphan)
         deadline = time.monotonic() + orphan.pin_in_s
         if token is not None and isinstance(prediction_id, str) and prediction_id:
+            # A durable job's prediction is followed by the replica that resumes its job
+            # (service.jobs): wait for its end, never cancel it.
+            job = str(record.get("purpose") or "").startswith(JOB_PURPOSE_PREFIX)
             status = await self._upstream.settle(
-                token, prediction_id, cancel=True, within_s=orphan.pin_in_s
+                token, prediction_id, cancel=not job, within_s=orphan.pin_in_s
             )
             if status is not None:
                 return "ended" if status != "canceled" else "cancelled"
@@ -185,6 +188,4 @@ class OrphanKeeper:
         return self._sealer.open(sealed) if isinstance(sealed, str) else None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work)

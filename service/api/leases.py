@@ -31,10 +31,8 @@ the instant it hung up is released at once.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,19 +44,19 @@ from service.api.body import read_json_object
 from service.api.watch import until_disconnected
 from service.auth import ADMIN_HEADER, require_admin
 from service.config import SEMAPHORE_ID_PATTERN
-from service.coordination import (
-    AcquireTimeout,
-    CoordinationUnavailable,
-    SemaphoreNotFound,
-)
+from service.coordination import AcquireTimeout, CoordinationError
 from service.coordination.remote import (
     MAX_HOLDER_TEXT,
     acquire_remote,
     release_remote,
     renew_remote,
 )
-from service.errors import BadRequest, LimitTimeout, NotFound, Unavailable
+from service.coordination_errors import LEASES, answered_as, service_error
+from service.errors import BadRequest, NotFound
+from service.grace import GraceWatch
+from service.schemas.openapi import ADMIN_ONLY, errors, links, operation
 from service.schemas.requests import json_type
+from service.schemas.responses import LeaseGranted, LeaseReleased
 
 router = APIRouter()
 
@@ -67,30 +65,33 @@ _LEASE_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _FIELDS = ("timeout_s", "holder")
 
 
-@contextlib.contextmanager
-def _coordination_errors(semaphore_id: str) -> Iterator[None]:
-    try:
-        yield
-    except SemaphoreNotFound:
-        raise NotFound(f"Semaphore '{semaphore_id}' not found") from None
-    except AcquireTimeout as exc:
-        raise LimitTimeout(
-            f"Timed out after {exc.waited_s:.1f}s waiting for a slot of semaphore "
-            f"'{semaphore_id}' (limit {exc.limit}); retry after "
-            f"{max(1, math.ceil(exc.retry_after_s))}s",
-            scope="semaphore",
-            limit_id=semaphore_id,
-            retry_after_s=exc.retry_after_s,
-        ) from None
-    except CoordinationUnavailable:
-        raise Unavailable(
-            "Coordination store (Redis) is unreachable; leases cannot be granted, renewed or "
-            "released until it is back",
-            headers={"Retry-After": "5"},
-        ) from None
-
-
-@router.post("/global-semaphores/{semaphore_id}/leases")
+@router.post(
+    "/global-semaphores/{semaphore_id}/leases",
+    operation_id="grant_lease",
+    tags=["leases"],
+    summary="Wait for a slot and take it as a lease (renew it every ttl_s/3)",
+    status_code=201,
+    response_model=LeaseGranted,
+    responses={
+        201: {
+            "description": "Granted: renew it every ttl_s/3 or so, release it when done",
+            "links": links(
+                "renew_lease",
+                "release_lease",
+                semaphore_id="$response.body#/semaphore_id",
+                lease_id="$response.body#/lease_id",
+            ),
+            "headers": {
+                "Location": {
+                    "description": "The lease: PUT renews it, DELETE releases it",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **errors(400, 401, 404, 413, 415, 429, 503),
+    },
+    openapi_extra=operation(body="LeaseRequest", auth=ADMIN_ONLY),
+)
 async def grant_lease(request: Request, semaphore_id: str) -> JSONResponse:
     found = services(request)
     settings = found.settings
@@ -100,7 +101,7 @@ async def grant_lease(request: Request, semaphore_id: str) -> JSONResponse:
     _check_fields(data, settings.lease_ttl_seconds)
     timeout_s = _check_timeout(data.get("timeout_s"), settings.queue_timeout_seconds)
     description = _check_holder(data.get("holder"))
-    with _coordination_errors(semaphore_id):
+    try:
         lease = await until_disconnected(
             request,
             found,
@@ -110,19 +111,32 @@ async def grant_lease(request: Request, semaphore_id: str) -> JSONResponse:
             message="Client closed the request while waiting for a lease",
             undo=lambda got: release_remote(found.coordinator, got.semaphore_id, got.lease_id),
         )
+    except AcquireTimeout as exc:  # the data-loss grace says so when it is the cause
+        grace = GraceWatch(found.coordinator)
+        raise (await grace.refusal(exc) or service_error(exc, LEASES)) from None
+    except CoordinationError as exc:
+        raise service_error(exc, LEASES) from None
     body = _lease_body(semaphore_id, lease.lease_id, lease.expires_at_ms, lease.ttl_s)
     location = f"/global-semaphores/{semaphore_id}/leases/{lease.lease_id}"
     return JSONResponse(body, status_code=201, headers={"Location": location})
 
 
-@router.put("/global-semaphores/{semaphore_id}/leases/{lease_id}")
+@router.put(
+    "/global-semaphores/{semaphore_id}/leases/{lease_id}",
+    operation_id="renew_lease",
+    tags=["leases"],
+    summary="Renew a lease (404 once it is lost: stop the guarded work)",
+    response_model=LeaseGranted,
+    responses=errors(400, 401, 404, 503),
+    openapi_extra=operation(auth=ADMIN_ONLY),
+)
 async def renew_lease(request: Request, semaphore_id: str, lease_id: str) -> JSONResponse:
     found = services(request)
     require_admin(found.settings, request.headers.get(ADMIN_HEADER))
     _check_semaphore_id(semaphore_id)
     expires_at_ms = None
     if _LEASE_ID_RE.fullmatch(lease_id):
-        with _coordination_errors(semaphore_id):
+        with answered_as(LEASES):
             expires_at_ms = await renew_remote(found.coordinator, semaphore_id, lease_id)
     if expires_at_ms is None:
         raise NotFound(
@@ -134,14 +148,22 @@ async def renew_lease(request: Request, semaphore_id: str, lease_id: str) -> JSO
     return JSONResponse(_lease_body(semaphore_id, lease_id, expires_at_ms, ttl_s))
 
 
-@router.delete("/global-semaphores/{semaphore_id}/leases/{lease_id}")
+@router.delete(
+    "/global-semaphores/{semaphore_id}/leases/{lease_id}",
+    operation_id="release_lease",
+    tags=["leases"],
+    summary="Release a lease (idempotent)",
+    response_model=LeaseReleased,
+    responses=errors(400, 401, 503),
+    openapi_extra=operation(auth=ADMIN_ONLY),
+)
 async def release_lease(request: Request, semaphore_id: str, lease_id: str) -> JSONResponse:
     found = services(request)
     require_admin(found.settings, request.headers.get(ADMIN_HEADER))
     _check_semaphore_id(semaphore_id)
     released = False
     if _LEASE_ID_RE.fullmatch(lease_id):
-        with _coordination_errors(semaphore_id):
+        with answered_as(LEASES):
             released = await release_remote(found.coordinator, semaphore_id, lease_id)
     return JSONResponse({"released": released})
 

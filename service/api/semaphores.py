@@ -21,9 +21,8 @@ replica checks its own GLOBAL_SEMAPHORES: a replica configured differently would
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -32,25 +31,26 @@ from fastapi.responses import JSONResponse
 from service.api import Services, services
 from service.api.body import read_json_object
 from service.auth import ADMIN_HEADER, is_admin_caller, require_admin
-from service.config import SEMAPHORE_ID_PATTERN
-from service.coordination import (
-    CoordinationUnavailable,
-    InvalidLimit,
-    SemaphoreExists,
-    SemaphoreNotFound,
-)
-from service.errors import BadRequest, Conflict, NotFound, Unavailable
+from service.config import LIMIT_RULE, MAX_LIMIT, SEMAPHORE_ID_PATTERN
+from service.coordination_errors import SEMAPHORES, answered_as
+from service.errors import BadRequest, Conflict
+from service.schemas.openapi import ADMIN_ONLY, ADMIN_OPTIONAL, errors, links, operation
 from service.schemas.requests import json_type
+from service.schemas.responses import (
+    SemaphoreCreated,
+    SemaphoreDeleted,
+    SemaphoreDetail,
+    SemaphoreLimitChanged,
+    SemaphoreList,
+)
 
 router = APIRouter()
 
-MAX_LIMIT = 1_000_000
 _ID_RE = re.compile(SEMAPHORE_ID_PATTERN)
 ID_RULE = (
     "must be 1-128 characters of letters, digits, '.', '_', ':' or '-', starting with a letter "
     "or digit"
 )
-LIMIT_RULE = f"must be an integer from 1 to {MAX_LIMIT} (a JSON number, not a string)"
 SHORT_ID_CHARS = 8
 
 
@@ -59,27 +59,16 @@ def short_id(value: str | None) -> str | None:
     return None if value is None else value[:SHORT_ID_CHARS]
 
 
-@contextlib.contextmanager
-def _coordination_errors() -> Iterator[None]:
-    """The coordination library's errors → the service's HTTP errors (this boundary only)."""
+def iso_utc(unix_s: object) -> str | None:
+    """A waiter's Unix timestamp (its replica's clock) as ISO-8601 UTC, like every other
+    timestamp in the answers ("2026-11-29T12:07:45.979Z"); None if absent or unreadable."""
+    if isinstance(unix_s, bool) or not isinstance(unix_s, int | float):
+        return None
     try:
-        yield
-    except SemaphoreNotFound as exc:
-        raise NotFound(f"Semaphore '{exc.semaphore_id}' not found") from None
-    except SemaphoreExists as exc:
-        raise Conflict(
-            f"Semaphore '{exc.semaphore_id}' already exists; use PATCH "
-            f"/global-semaphores/{exc.semaphore_id} to change its limit",
-            fields={"semaphore_id": exc.semaphore_id},
-        ) from None
-    except InvalidLimit:
-        raise BadRequest(f"Invalid field 'limit': {LIMIT_RULE}") from None
-    except CoordinationUnavailable:
-        raise Unavailable(
-            "Coordination store (Redis) is unreachable; semaphores cannot be read or changed "
-            "until it is back",
-            headers={"Retry-After": "5"},
-        ) from None
+        moment = datetime.fromtimestamp(unix_s, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _check_id(value: object, where: str = "semaphore_id") -> str:
@@ -122,15 +111,43 @@ def _check_fields(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
             )
 
 
-@router.get("/global-semaphores")
+@router.get(
+    "/global-semaphores",
+    operation_id="list_semaphores",
+    tags=["semaphores"],
+    summary="List the global semaphores",
+    response_model=SemaphoreList,
+    responses=errors(503),
+)
 async def list_semaphores(request: Request) -> JSONResponse:
     coordinator = services(request).coordinator
-    with _coordination_errors():
+    with answered_as(SEMAPHORES):
         ids = await coordinator.registry.list()
     return JSONResponse({"count": len(ids), "global_semaphores": ids})
 
 
-@router.post("/global-semaphores")
+@router.post(
+    "/global-semaphores",
+    tags=["semaphores"],
+    operation_id="create_semaphore",
+    summary="Register a global semaphore",
+    status_code=201,
+    response_model=SemaphoreCreated,
+    responses={
+        201: {
+            "description": "Registered",
+            "links": links(
+                "get_semaphore",
+                "set_semaphore_limit",
+                "delete_semaphore",
+                "grant_lease",
+                semaphore_id="$response.body#/semaphore_id",
+            ),
+        },
+        **errors(400, 401, 409, 413, 415, 503),
+    },
+    openapi_extra=operation(body="SemaphoreCreateRequest", auth=ADMIN_ONLY),
+)
 async def create_semaphore(request: Request) -> JSONResponse:
     found = services(request)
     require_admin(found.settings, request.headers.get(ADMIN_HEADER))
@@ -139,19 +156,27 @@ async def create_semaphore(request: Request) -> JSONResponse:
     semaphore_id = _check_id(data.get("semaphore_id"))
     limit = _check_limit(data.get("limit"))
     _refuse_declared(found, semaphore_id, "which creates it and sets its limit")
-    with _coordination_errors():
+    with answered_as(SEMAPHORES):
         await found.coordinator.registry.create(semaphore_id, limit)
     return JSONResponse(
         {"success": True, "semaphore_id": semaphore_id, "limit": limit}, status_code=201
     )
 
 
-@router.get("/global-semaphores/{semaphore_id}")
+@router.get(
+    "/global-semaphores/{semaphore_id}",
+    operation_id="get_semaphore",
+    tags=["semaphores"],
+    summary="A semaphore: use, queue, holders, counters",
+    response_model=SemaphoreDetail,
+    responses=errors(400, 401, 404, 503),
+    openapi_extra=operation(auth=ADMIN_OPTIONAL),
+)
 async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
     found = services(request)
     full = is_admin_caller(found.settings, request.headers.get(ADMIN_HEADER))
     _check_id(semaphore_id)
-    with _coordination_errors():
+    with answered_as(SEMAPHORES):
         view = await found.coordinator.registry.view(semaphore_id, detail=True)
     return JSONResponse(
         {
@@ -178,7 +203,7 @@ async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
                 {
                     "position": w.position,
                     "replica": w.replica,
-                    "waiting_since": w.waiting_since,
+                    "waiting_since": iso_utc(w.waiting_since),
                     "expires_in_s": w.expires_in_s,
                 }
                 for w in view.waiters
@@ -188,7 +213,15 @@ async def get_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
     )
 
 
-@router.patch("/global-semaphores/{semaphore_id}")
+@router.patch(
+    "/global-semaphores/{semaphore_id}",
+    operation_id="set_semaphore_limit",
+    tags=["semaphores"],
+    summary="Change a semaphore's limit",
+    response_model=SemaphoreLimitChanged,
+    responses=errors(400, 401, 404, 409, 413, 415, 503),
+    openapi_extra=operation(body="SemaphoreLimitRequest", auth=ADMIN_ONLY),
+)
 async def set_limit(request: Request, semaphore_id: str) -> JSONResponse:
     found = services(request)
     require_admin(found.settings, request.headers.get(ADMIN_HEADER))
@@ -197,17 +230,25 @@ async def set_limit(request: Request, semaphore_id: str) -> JSONResponse:
     _check_fields(data, ("limit",))
     limit = _check_limit(data.get("limit"))
     _refuse_declared(found, semaphore_id, "which sets its limit back on every acquire")
-    with _coordination_errors():
+    with answered_as(SEMAPHORES):
         previous = await found.coordinator.registry.set_limit(semaphore_id, limit)
     return JSONResponse({"semaphore_id": semaphore_id, "limit": limit, "previous_limit": previous})
 
 
-@router.delete("/global-semaphores/{semaphore_id}")
+@router.delete(
+    "/global-semaphores/{semaphore_id}",
+    operation_id="delete_semaphore",
+    tags=["semaphores"],
+    summary="Delete a semaphore (waiters are told; holders lose their leases)",
+    response_model=SemaphoreDeleted,
+    responses=errors(400, 401, 404, 409, 503),
+    openapi_extra=operation(auth=ADMIN_ONLY),
+)
 async def delete_semaphore(request: Request, semaphore_id: str) -> JSONResponse:
     found = services(request)
     require_admin(found.settings, request.headers.get(ADMIN_HEADER))
     _check_id(semaphore_id)
     _refuse_declared(found, semaphore_id, "which re-creates it on the next acquire")
-    with _coordination_errors():
+    with answered_as(SEMAPHORES):
         await found.coordinator.registry.delete(semaphore_id)
     return JSONResponse({"success": True, "semaphore_id": semaphore_id})

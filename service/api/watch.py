@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from service.aio import cancel_and_wait
 from service.api import Services
 from service.api.body import ClientClosedRequest
-from service.coordination.lease import shielded
 
 log = logging.getLogger("service.api.watch")
 
@@ -50,24 +50,3 @@ async def until_disconnected(
     except asyncio.CancelledError:
         await cancel_and_wait(task, undo)
         raise
-
-
-async def cancel_and_wait(
-    task: asyncio.Task[T], undo: Callable[[T], Awaitable[object]] | None = None
-) -> None:
-    """Cancel and wait until the task has cleaned up. A second cancellation of the caller does
-    not cut that wait short (the cleanup is bounded by the work's own timeouts); it is re-raised
-    once the task is done."""
-    task.cancel()
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            interrupted = True
-    # (task.exception() also marks a failure during cancellation retrieved: it is not the
-    # caller's answer.)
-    if not task.cancelled() and task.exception() is None and undo is not None:
-        await shielded(undo(task.result()))
-    if interrupted:
-        raise asyncio.CancelledError

@@ -36,6 +36,7 @@ logger = logging.getLogger("service.upstream")
 @dataclass(eq=False)
 class _Entry:
     client: Client
+    transport: httpx.AsyncBaseTransport  # ours: closing it closes the client's connections
     loop: asyncio.AbstractEventLoop
     users: int = 0
     evicted: bool = False
@@ -136,7 +137,8 @@ class ClientCache:
         if entry is not None:  # built on a loop that is gone: unusable, and not closable here
             del self._entries[key]
             entry.evicted = True
-        entry = _Entry(client=self._build(token), loop=loop)
+        client, transport = self._build(token)
+        entry = _Entry(client=client, transport=transport, loop=loop)
         self._entries[key] = entry
         while len(self._entries) > self._max_clients:
             _, old = self._entries.popitem(last=False)
@@ -145,14 +147,14 @@ class ClientCache:
                 await _close(old)
         return entry
 
-    def _build(self, token: str) -> Client:
+    def _build(self, token: str) -> tuple[Client, httpx.AsyncBaseTransport]:
         limits = httpx.Limits(
             max_connections=self._pool_size, max_keepalive_connections=self._pool_size
         )
         transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
         if self._on_response is not None:
             transport = InstrumentedTransport(transport, self._on_response)
-        return Client(
+        client = Client(
             api_token=token,
             base_url=self._base_url,
             transport=transport,
@@ -160,14 +162,13 @@ class ClientCache:
             # keeps what ReplicateError drops (exchange.py).
             event_hooks={"request": [add_cancel_after], "response": [record_response]},
         )
+        return client, transport
 
 
 async def _close(entry: _Entry) -> None:
-    # The AsyncClient is created on first use; name-mangled attribute = "does it exist yet".
-    async_client = getattr(entry.client, "_Client__async_client", None)
-    if async_client is None:
-        return
+    # The client's AsyncClient is private to it (and made on first use), but its transport
+    # is ours: closing that closes every connection the client opened.
     try:
-        await async_client.aclose()
+        await entry.transport.aclose()
     except Exception:  # closing is best effort; never let it mask the caller's outcome
         logger.warning("closing a Replicate client failed", exc_info=True)

@@ -29,6 +29,7 @@ from replicate.prediction import Prediction
 
 from service.errors import ServiceError, Unavailable, UpstreamThrottled
 from service.fingerprint import token_cache_key, token_fingerprint
+from service.upstream.arrivals import Arrivals
 from service.upstream.clients import ClientCache, ResponseObserver
 from service.upstream.exchange import exchange_scope
 from service.upstream.policy import (
@@ -38,7 +39,7 @@ from service.upstream.policy import (
     classify_by_id,
     throttle_delay_s,
 )
-from service.upstream.predictions import CreatedHook, Hook, PredictionRun, Tuning
+from service.upstream.predictions import CreatedHook, Hook, KeepRunning, PredictionRun, Tuning
 from service.upstream.results import PredictionResult
 
 logger = logging.getLogger("service.upstream")
@@ -118,6 +119,9 @@ class Upstream:
         )
         self._account_ttl_s = account_cache_ttl_s
         self._verdicts: OrderedDict[bytes, _Verdict] = OrderedDict()
+        self.arrivals: Arrivals | None = None
+        self._webhook_token: str | None = None
+        self._webhook_secret: str | None = None
         self._verifying: dict[bytes, asyncio.Task[bool]] = {}
 
     def __repr__(self) -> str:
@@ -159,6 +163,7 @@ class Upstream:
         before_poll: Hook | None = None,
         on_created: CreatedHook | None = None,
         watch: RunWatch | None = None,
+        keep_running: KeepRunning | None = None,
     ) -> PredictionResult:
         """Create a prediction of `model_ref` ("owner/name") and wait until it succeeds.
 
@@ -176,6 +181,7 @@ class Upstream:
                 before_create=before_create,
                 before_poll=before_poll,
                 on_created=on_created,
+                keep_running=keep_running,
             )
             try:
                 return await run.execute()
@@ -183,6 +189,59 @@ class Upstream:
                 if watch is not None:
                     watch.prediction_id = run.prediction_id
                     watch.may_be_running = run.prediction_id is not None and not run.terminal
+
+    def enable_webhooks(self, url: str, token: str) -> None:
+        """Creates with `token` (the server's) carry Replicate's webhook to `url`; polls wait
+        on `self.arrivals`, which POST /replicate/webhook feeds."""
+        self.arrivals = Arrivals()
+        self._webhook_token = token
+        self._tuning = dataclasses.replace(
+            self._tuning,
+            webhook_url=url,
+            webhook_account=token_fingerprint(token),
+            arrivals=self.arrivals,
+        )
+
+    async def webhook_secret(self, *, refresh: bool = False) -> str:
+        """The signing secret of the account whose creates carry webhooks (GET
+        /v1/webhooks/default/secret), cached; raises Unavailable when it cannot be read."""
+        if self._webhook_secret is not None and not refresh:
+            return self._webhook_secret
+        if self._webhook_token is None:
+            raise Unavailable("Replicate webhooks are not enabled (PUBLIC_BASE_URL)")
+        async with self._clients.lease(self._webhook_token) as client:
+            try:
+                secret = await client.webhooks.default.async_secret()
+            except (ReplicateError, httpx.HTTPError) as exc:
+                raise Unavailable(
+                    f"Replicate's webhook secret could not be read ({type(exc).__name__})"
+                ) from None
+        self._webhook_secret = str(secret.key)
+        return self._webhook_secret
+
+    async def follow_prediction(
+        self,
+        token: str,
+        prediction_id: str,
+        *,
+        before_poll: Hook | None = None,
+        keep_running: KeepRunning | None = None,
+    ) -> PredictionResult:
+        """Follow a prediction created earlier (by a durable job's replica that died) to its
+        result, never creating one; raises like run_prediction. Cancelled → it is cancelled,
+        unless `keep_running` says otherwise."""
+        async with self._clients.lease(token) as client:
+            account = token_fingerprint(token)
+            run = PredictionRun(
+                client,
+                "",
+                {},
+                self._tuning,
+                account=account,
+                before_poll=before_poll,
+                keep_running=keep_running,
+            )
+            return await run.follow(prediction_id)
 
     async def settle(
         self, token: str, prediction_id: str, *, cancel: bool, within_s: float

@@ -36,7 +36,9 @@ from pydantic.v1 import ValidationError as ClientValidationError
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
+from service.aio import settle
 from service.errors import UpstreamError, UpstreamThrottled
+from service.upstream.arrivals import Arrivals
 from service.upstream.deadline import cancel_after_s, cancel_after_scope
 from service.upstream.exchange import exchange_scope
 from service.upstream.policy import (
@@ -48,12 +50,15 @@ from service.upstream.policy import (
     throttle_delay_s,
 )
 from service.upstream.results import KNOWN_STATUSES, PredictionResult, Snapshot, to_result
-from service.upstream.tasks import settle
 
 logger = logging.getLogger("service.upstream")
 
 Hook = Callable[[], Awaitable[None]]
 CreatedHook = Callable[[str], Awaitable[None]]
+# Asked when a run is interrupted with its prediction still running: True leaves it running
+# (someone else continues it: a durable job resumed on another replica) instead of cancelling.
+KeepRunning = Callable[[], Awaitable[bool]]
+KEEP_RUNNING_ASK_S = 2.0  # an answer not in by then: cancel (the safe side for every limit)
 
 # How long a create may still take once we were cancelled: the Prefer-wait hold + 0.5 s read
 # slack, plus the client's 5 s connect and 5 s pool timeouts.
@@ -77,6 +82,11 @@ class Tuning:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    # Replicate webhooks in (PUBLIC_BASE_URL): creates of this account carry this webhook, and
+    # a poll's wait ends early when one brings the prediction (service.upstream.arrivals).
+    webhook_url: str | None = None
+    webhook_account: str | None = None
+    arrivals: Arrivals | None = None
 
 
 class PredictionRun:
@@ -93,8 +103,10 @@ class PredictionRun:
         before_create: Hook | None = None,
         before_poll: Hook | None = None,
         on_created: CreatedHook | None = None,
+        keep_running: KeepRunning | None = None,
     ) -> None:
         self._client = client
+        self._keep_running = keep_running
         self._model = model
         self._input = replicate_input
         self._t = tuning
@@ -117,8 +129,7 @@ class PredictionRun:
                 snapshot = await self._poll()
             return to_result(snapshot)
         except BaseException as exc:
-            if self.prediction_id is not None and not self.terminal:
-                await self._cancel(reason=type(exc).__name__)
+            await self._interrupted(exc)
             raise
 
     async def settle(self, prediction_id: str, *, cancel: bool) -> str:
@@ -136,6 +147,37 @@ class PredictionRun:
         while not snapshot.terminal:
             snapshot = await self._poll()
         return snapshot.status
+
+    async def follow(self, prediction_id: str) -> PredictionResult:
+        """Poll a prediction created elsewhere (a durable job resumed on another replica) to its
+        result. Cancelled while following → the prediction is cancelled, then re-raised."""
+        self.prediction_id = prediction_id
+        self._interval_s = 0.0  # the first read at once
+        try:
+            snapshot = await self._poll()
+            self._interval_s = self._t.poll_interval_s
+            while not snapshot.terminal:
+                snapshot = await self._poll()
+        except BaseException as exc:
+            await self._interrupted(exc)
+            raise
+        return to_result(snapshot)
+
+    async def _interrupted(self, exc: BaseException) -> None:
+        """The run ends early: its prediction, if still running, is cancelled — unless whoever
+        started the run continues it elsewhere (`keep_running`)."""
+        if self.prediction_id is None or self.terminal:
+            return
+        if self._keep_running is not None:
+            try:
+                keep = await asyncio.wait_for(self._keep_running(), KEEP_RUNNING_ASK_S)
+            except Exception as error:
+                self._log(logging.WARNING, "keep-running check failed", error=repr(error))
+                keep = False
+            if keep:
+                self._log(logging.INFO, "run interrupted: prediction left running")
+                return
+        await self._cancel(reason=type(exc).__name__)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -214,7 +256,10 @@ class PredictionRun:
         with exchange_scope() as exchange, cancel_after_scope(cancel_after):
             try:
                 prediction = await self._client.models.predictions.async_create(
-                    model=self._model, input=self._input, wait=self._t.prefer_wait_s
+                    model=self._model,
+                    input=self._input,
+                    wait=self._t.prefer_wait_s,
+                    **self._webhook(),
                 )
             except ClientValidationError:
                 # The client's model knows five statuses; "aborted" (or a new field) lands here.
@@ -236,7 +281,10 @@ class PredictionRun:
         self._interval_s = min(self._interval_s * 1.5, self._t.max_poll_interval_s)
         failures = throttles = 0
         while True:
-            await self._sleep_within_deadline(delay)
+            arrived = await self._wait_for_news(pid, delay)
+            if arrived is not None:
+                self._observe(arrived)
+                return arrived
             if self._before_poll is not None:
                 await self._before_poll()
             try:
@@ -285,6 +333,24 @@ class PredictionRun:
                 raise classify_by_id(exc, exchange, pid) from _chain(exc)
             return Snapshot.from_prediction(prediction)
 
+    def _webhook(self) -> dict[str, Any]:
+        t = self._t
+        if t.webhook_url is None or t.webhook_account != self._account:
+            return {}
+        return {"webhook": t.webhook_url, "webhook_events_filter": ["completed"]}
+
+    async def _wait_for_news(self, pid: str, delay_s: float) -> Snapshot | None:
+        """Sleep `delay_s` before the next poll, unless a webhook brings the prediction ended
+        (then its snapshot: no poll needed)."""
+        arrivals = self._t.arrivals
+        remaining = self._deadline - self._clock()
+        if arrivals is None or remaining <= 0 or delay_s > remaining:
+            await self._sleep_within_deadline(delay_s)
+            return None
+        data = await arrivals.wait(pid, delay_s)
+        snapshot = Snapshot.from_json(data) if data is not None else None
+        return snapshot if snapshot is not None and snapshot.terminal else None
+
     # -- cancel ---------------------------------------------------------------------------
 
     async def _cancel(self, *, reason: str) -> None:
@@ -293,6 +359,8 @@ class PredictionRun:
         settled = await settle(task, self._t.cancel_timeout_s)
         if not settled.finished:
             self._log(logging.ERROR, "cancel did not finish in time", reason=reason)
+        elif settled.error is not None:
+            self._log(logging.ERROR, "cancel failed", reason=f"{reason}: {settled.error!r}")
         if settled.interrupted:
             raise asyncio.CancelledError
 

@@ -699,6 +699,11 @@ async def test_empty_token_never_reaches_the_client(
     assert len(upstream.clients) == 0
 
 
+def open_connections(entry: Any) -> int:
+    """Connections a cached client holds open, in the pool of the transport the service built."""
+    return len(entry.transport._pool.connections)
+
+
 async def test_one_client_per_account_reused_and_closed(
     upstream: Upstream, stub: StubReplicate
 ) -> None:
@@ -706,11 +711,12 @@ async def test_one_client_per_account_reused_and_closed(
     await upstream.run_prediction(TOKEN, FLUX, prompt())
     await upstream.run_prediction(OTHER_TOKEN, FLUX, prompt())
     assert len(upstream.clients) == 2
-    http_clients = [e.client._async_client for e in upstream.clients._entries.values()]
+    entries = list(upstream.clients._entries.values())
     auth = {s.headers["Authorization"] for s in stub.seen}
     assert auth == {f"Bearer {TOKEN}", f"Bearer {OTHER_TOKEN}"}
+    assert all(open_connections(e) for e in entries)
     await upstream.aclose()
-    assert all(c.is_closed for c in http_clients)
+    assert not any(open_connections(e) for e in entries)
     with pytest.raises(Unavailable):
         await upstream.run_prediction(TOKEN, FLUX, prompt())
 
@@ -724,21 +730,22 @@ async def test_shutdown_keeps_a_busy_client_until_its_cancel_is_sent(
     await asyncio.wait_for(created.event.wait(), 5)
     (entry,) = upstream.clients._entries.values()
     await upstream.aclose()
-    assert not entry.client._async_client.is_closed
+    assert open_connections(entry)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stub.cancelled == created.ids
-    assert entry.client._async_client.is_closed
+    assert not open_connections(entry)
 
 
 async def test_lru_eviction_closes_idle_clients(stub: StubReplicate) -> None:
     up = Upstream(stub.base_url, max_clients=1)
     try:
         await up.run_prediction(TOKEN, FLUX, prompt())
-        (first,) = [e.client._async_client for e in up.clients._entries.values()]
+        (first,) = up.clients._entries.values()
+        assert open_connections(first)
         await up.run_prediction(OTHER_TOKEN, FLUX, prompt())
-        assert first.is_closed
+        assert not open_connections(first)
         assert len(up.clients) == 1
     finally:
         await up.aclose()

@@ -68,6 +68,7 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
     async def stats(request: Request) -> Response:
         token_fp = request.query_params.get("token_fp") or None
         body = build_stats(runtime.store, runtime.clock(), runtime.faults.as_json(), token_fp)
+        body["webhooks"] = {"sent": runtime.webhooks.sent, "failed": runtime.webhooks.failed}
         return json_response(body)
 
     async def get_faults(request: Request) -> Response:

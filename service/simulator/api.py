@@ -21,6 +21,7 @@ from service.simulator.catalog import MODEL_BODY, MODELS, VERSION_BODY, ModelSpe
 from service.simulator.connection import drop_connection
 from service.simulator.faults import FaultKind
 from service.simulator.listing import ListError, ListQuery, list_page, page_url
+from service.simulator.prediction import SimPrediction
 from service.simulator.ratelimit import RateDecision
 from service.simulator.runtime import SimulatorRuntime
 from service.simulator.validation import ROOT, InvalidField, check_object
@@ -157,7 +158,22 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         if problems:
             counters.count_create_error("422")
             return responses.validation_failed(problems, headers)
-        return await start(request, model, body["input"], token_fp, headers, cancel_after_s)
+        response = await start(request, model, body["input"], token_fp, headers, cancel_after_s)
+        webhook = body.get("webhook")
+        events = body.get("webhook_events_filter")
+        if isinstance(webhook, str) and (events is None or "completed" in events):
+            prediction = runtime.store.get(json.loads(bytes(response.body))["id"])
+            if prediction is not None:
+                deadline = prediction.ended_at + 1.0
+
+                def now_json(p: SimPrediction = prediction) -> dict[str, Any]:
+                    return p.to_json(runtime.clock(), runtime.config.output_ttl_s)
+
+                async def until_done(p: SimPrediction = prediction) -> None:
+                    await runtime.wait_until_done(p, max(deadline, p.ended_at + 1.0))
+
+                runtime.webhooks.on_completion(webhook, token_fp, until_done, now_json)
+        return response
 
     async def start(
         request: Request,
@@ -268,6 +284,17 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         body = prediction.to_json(now, runtime.config.output_ttl_s)
         return responses.json_response(body, 200, headers)
 
+    async def webhook_secret(request: Request) -> Response:
+        """The account's webhook signing secret (GET /v1/webhooks/default/secret)."""
+        token_fp = caller(request)
+        if isinstance(token_fp, Response):
+            return token_fp
+        decision = runtime.take_rate(token_fp, "other")
+        headers = rate_headers(decision)
+        if not decision.allowed:
+            return responses.throttled(decision.reset_s, headers)
+        return responses.json_response({"key": runtime.webhooks.secret_for(token_fp)}, 200, headers)
+
     async def get_account(request: Request) -> Response:
         token_fp = caller(request)
         if isinstance(token_fp, Response):
@@ -293,4 +320,5 @@ def routes(runtime: SimulatorRuntime) -> list[Route]:
         Route("/v1/predictions/{prediction_id}", get_prediction, methods=["GET"]),
         Route("/v1/predictions/{prediction_id}/cancel", cancel_prediction, methods=["POST"]),
         Route("/v1/account", get_account, methods=["GET"]),
+        Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
     ]

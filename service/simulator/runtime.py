@@ -12,6 +12,7 @@ from service.simulator.images import ImageCache
 from service.simulator.prediction import SimPrediction
 from service.simulator.ratelimit import RateDecision, SlidingWindowLimiter
 from service.simulator.store import PredictionStore
+from service.simulator.webhooks import WebhookSender
 
 
 class SimulatorRuntime:
@@ -25,6 +26,7 @@ class SimulatorRuntime:
         self.limiter = SlidingWindowLimiter(config.rate_window_s)
         self.faults = FaultState()
         self.images = ImageCache(config.image_cache_size)
+        self.webhooks = WebhookSender()
 
     def reconfigure(self, config: SimulatorConfig) -> None:
         """Swap settings at run time (PATCH /_sim/config); existing predictions keep their plan."""
@@ -38,6 +40,7 @@ class SimulatorRuntime:
         self.limiter.clear()
         self.faults = FaultState()
         self.images.clear()
+        self.webhooks.clear()
 
     def take_rate(self, token_fp: str, bucket: str) -> RateDecision:
         limit = self.config.create_limit if bucket == "create" else self.config.other_limit

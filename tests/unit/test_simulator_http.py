@@ -619,7 +619,7 @@ async def test_stats_shape_filter_and_reset(
 
     stats = simulator.stats()
     fp = token_fingerprint(TOKEN)
-    assert set(stats) == {"now", "totals", "tokens", "faults"}
+    assert set(stats) == {"now", "totals", "tokens", "faults", "webhooks"}
     assert set(stats["tokens"]) == {fp, token_fingerprint("r8_other")}
     mine = stats["tokens"][fp]
     assert mine["created"] == 1

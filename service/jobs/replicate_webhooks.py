@@ -1,0 +1,115 @@
+"""Replicate's webhooks in: verified on any replica, fanned out to every replica.
+
+With PUBLIC_BASE_URL set, creates made with the server's token carry
+`webhook: <PUBLIC_BASE_URL>/replicate/webhook` and `webhook_events_filter: ["completed"]`
+(service.upstream). Replicate POSTs the prediction there when it completes, signed per Standard
+Webhooks with the account's secret (GET /v1/webhooks/default/secret, cached; fetched again once
+when a signature does not match, in case it was rotated). A verified delivery is accepted once
+per `webhook-id` (`SET NX` on `rcg:{rwh}:<id>`, 10 minutes: twice the timestamp tolerance, so a
+replay is refused while its timestamp would still pass) and published on the channel
+`rcg:replicate-webhooks`; every replica hands it to its Upstream's arrivals, where the run that
+polls that prediction picks it up at once. Polling stays the fallback: nothing depends on a
+webhook arriving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from service.errors import Conflict, Unauthorized
+from service.jobs.store import _call
+from service.upstream import Upstream
+
+log = logging.getLogger("service.jobs.replicate")
+
+SEEN_TTL_S = 600
+PATH = "/replicate/webhook"
+
+
+class ReplicateWebhooks:
+    def __init__(self, redis_url: str, client: aioredis.Redis, prefix: str, upstream: Upstream):
+        self._redis_url = redis_url
+        self._client = client
+        self._prefix = prefix
+        self._upstream = upstream
+        self.channel = f"{prefix}:replicate-webhooks"
+        self._task: asyncio.Task[None] | None = None
+        self.accepted = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._upstream.arrivals is not None
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._listen(), name="replicate-webhooks")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def receive(self, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """Verify one delivery and pass it on; Unauthorized (bad signature or stale timestamp)
+        or Conflict (a replay) otherwise."""
+        prediction = await self._verify(body, headers)
+        webhook_id = headers.get("webhook-id", "")
+        fresh = await _call(
+            self._client.set(f"{self._prefix}:{{rwh}}:{webhook_id}", 1, nx=True, ex=SEEN_TTL_S)
+        )
+        if not fresh:
+            raise Conflict(f"Webhook '{webhook_id[:64]}' was already received (a replay)")
+        if not isinstance(prediction, dict) or not isinstance(prediction.get("id"), str):
+            raise Unauthorized("Replicate webhook without a prediction")
+        await _call(self._client.publish(self.channel, json.dumps(prediction)))
+        self.accepted += 1
+        return prediction
+
+    async def _verify(self, body: bytes, headers: dict[str, str]) -> Any:
+        for refresh in (False, True):
+            secret = await self._upstream.webhook_secret(refresh=refresh)
+            try:
+                return Webhook(secret).verify(body, headers)
+            except WebhookVerificationError as exc:
+                reason = str(exc)
+            except ValueError:  # not JSON
+                reason = "body is not JSON"
+            if reason != "No matching signature found":
+                break  # missing headers or a stale timestamp: a new secret will not help
+        raise Unauthorized(f"Invalid Replicate webhook: {reason}")
+
+    async def _listen(self) -> None:
+        arrivals = self._upstream.arrivals
+        assert arrivals is not None
+        while True:
+            client = aioredis.Redis.from_url(self._redis_url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    prediction = json.loads(message["data"])
+                    arrivals.deliver(str(prediction["id"]), prediction)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: polling carries on meanwhile
+                log.warning("webhook fan-out interrupted", extra={"error": type(exc).__name__})
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+
+__all__ = ["PATH", "ReplicateWebhooks"]

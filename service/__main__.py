@@ -12,8 +12,11 @@ Prints `replicate-concurrent-generation ready on http://HOST:PORT` once it accep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import secrets
 import socket
 import sys
 from collections.abc import Callable
@@ -34,6 +37,7 @@ _SECRET_VARIABLES = {
     "CONCURRENT_DOCKER_ADMIN_API_KEY",
     "REDIS_URL",
     "TOKEN_SEALING_KEY",
+    "WEBHOOK_SECRET",
 }
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -46,10 +50,18 @@ def describe_settings_error(exc: ValidationError) -> str:
         loc = error.get("loc") or ("?",)
         variable = str(loc[0]).upper()
         value = error.get("input")
+        # pydantic prefixes a validator's own message with "Value error, ": the message is ours.
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         shown = ""
-        if variable not in _SECRET_VARIABLES and isinstance(value, str) and len(value) <= 80:
-            shown = f" (got {value!r})"
-        lines.append(f"  {variable}: {error.get('msg', 'invalid')}{shown}")
+        if (
+            variable not in _SECRET_VARIABLES
+            and isinstance(value, str)
+            and len(value) <= 80
+            and repr(value) not in message  # a validator that already quotes the value
+        ):
+            # "…, got 'foo' (in 'a=1,foo')": the value, after a validator quoted its bad part
+            shown = f" (in {value!r})" if "got " in message else f" (got {value!r})"
+        lines.append(f"  {variable}: {message}{shown}")
     return "\n".join(lines)
 
 
@@ -79,6 +91,7 @@ def configure_logging(settings: Settings) -> None:
             settings.replicate_api_token,
             settings.concurrent_docker_admin_api_key,
             settings.token_sealing_key,
+            settings.webhook_secret,
         )
         if secret is not None
     ]
@@ -152,12 +165,20 @@ def main(argv: list[str] | None = None) -> int:
         print(loaded, file=sys.stderr)
         return 2
     settings = loaded
+    demo_admin_key: str | None = None
+    if settings.replicate_api_token is None and settings.concurrent_docker_admin_api_key is None:
+        # Demo mode without an admin key: one of its own, printed in the banner (the README's
+        # examples send it), and made before the logs start so that they mask it.
+        demo_admin_key = "demo-" + secrets.token_urlsafe(18)
+        settings = settings.model_copy(
+            update={"concurrent_docker_admin_api_key": SecretStr(demo_admin_key)}
+        )
     configure_logging(settings)
 
     # Imported here so that a configuration error exits before anything heavy loads.
     from service.app import create_app
     from service.coordination import KeySpace
-    from service.demo import DEMO_TOKEN, DemoSimulator, banner, demo_config
+    from service.demo import DEMO_SEMAPHORES, DEMO_TOKEN, DemoSimulator, banner, demo_config
     from service.embedded_redis import WARNING_BANNER, EmbeddedRedis
     from service.sealing import new_key
 
@@ -181,17 +202,27 @@ def main(argv: list[str] | None = None) -> int:
                     "replicate_base_url": simulator_url,
                     "replicate_api_token": SecretStr(DEMO_TOKEN),
                     "allow_env_fallback": True,
+                    # Job webhooks may target a local receiver in the demo (http, loopback).
+                    "webhook_allow_private": True,
                     # So that callers' own tokens can be settled by the demo too.
                     "token_sealing_key": settings.token_sealing_key or SecretStr(new_key()),
+                    # The semaphore the README's examples name (set before anything reads
+                    # declared_semaphores: model_copy would keep a cached value).
+                    "global_semaphores": settings.global_semaphores.strip() or DEMO_SEMAPHORES,
                 }
             )
 
         def on_ready(service_url: str) -> None:
             if simulator is not None:
-                print(
-                    banner(simulator.base_url, service_url, simulator.config.latency_s),
-                    flush=True,
+                text = banner(
+                    simulator.base_url,
+                    service_url,
+                    simulator.config.latency_s,
+                    admin_key=demo_admin_key,
+                    semaphores=settings.global_semaphores,
+                    embedded_redis_url=embedded.url if embedded is not None else None,
                 )
+                print(text, flush=True)
             print(f"{READY_PREFIX}{service_url}", flush=True)
 
         server = _AnnouncingServer(
@@ -217,5 +248,18 @@ def main(argv: list[str] | None = None) -> int:
             embedded.stop()
 
 
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown. By now uvicorn has drained, the lifespan has
+    closed everything (leases released, predictions cancelled) and the demo's simulator and
+    embedded Redis have stopped: what is left is collecting ~100k objects of ~1000 modules,
+    which took longer than the shutdown itself (and several times longer on a busy host).
+    Logs and stdio are flushed first. Tests that call main() keep their interpreter."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

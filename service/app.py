@@ -19,18 +19,25 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import SERVICE_NAME, VERSION
-from service.api import Services, dashboard, generate, health, leases, probes, semaphores
+from service.api import Services, dashboard, docs, generate, health, leases, probes, semaphores
+from service.api import jobs as jobs_api
+from service.api.openai_images import OPENAI_PREFIX
+from service.api.openai_images import error_response as openai_error_response
+from service.api.openai_images import router as openai_images_router
 from service.api.responses import SafeJSONResponse
 from service.config import Settings
 from service.coordination import Coordinator, CoordinatorConfig
-from service.errors import ServiceError
+from service.errors import NotFound, ServiceError
 from service.generation import Generator
+from service.grace import GraceHeaders, announce
+from service.jobs.lifecycle import start_jobs, stop_jobs
 from service.limits import PIN_MARGIN_S
+from service.observability.history import HistorySampler
 from service.observability.logs import request_id_var
 from service.observability.loop_lag import LoopLagMonitor
 from service.observability.metrics import Metrics
@@ -61,14 +68,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         found = await _start(settings, metrics)
         app.state.services = found
+        app.state.jobs = await start_jobs(found, metrics)
         loop_lag = LoopLagMonitor(metrics.observe_loop_lag)  # a stall is what loses leases
         loop_lag.start()
+        # The dashboard's 15-minute charts: a sample every 2 s into Redis, shared by replicas.
+        app.state.history = history = HistorySampler(found.coordinator, metrics)
+        history.start()
         try:
             yield
         finally:
             app.state.draining = True
             app.state.services = None
+            await history.close()  # before the coordinator closes
             try:
+                await stop_jobs(app.state.jobs)
                 await _stop(found)
             finally:
                 await loop_lag.stop()
@@ -77,10 +90,11 @@ def create_app(settings: Settings) -> FastAPI:
         title=SERVICE_NAME,
         version=VERSION,
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # /docs and /redoc: service.api.docs (assets served here, no CDN)
         redoc_url=None,
-        openapi_url=None,
+        openapi_url=docs.OPENAPI_URL,
     )
+    docs.install_openapi(app, settings)
     app.state.services = None
     app.state.metrics = metrics
     app.state.draining = False  # set on SIGTERM (service/__main__.py): /readyz answers 503
@@ -89,11 +103,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(semaphores.router)
     app.include_router(leases.router)
     app.include_router(generate.router)
+    app.include_router(jobs_api.router)
+    app.include_router(openai_images_router)
     app.include_router(dashboard.router)
-    app.include_router(metrics_router)
+    app.include_router(metrics_router, **docs.METRICS_DOCS)
+    app.include_router(docs.router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(GraceHeaders)  # answers the data-loss grace delayed say so
     app.add_middleware(InternalErrors)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: request id, logs
     return app
@@ -111,12 +129,14 @@ def coordinator_config(settings: Settings) -> CoordinatorConfig:
         declared=settings.declared_semaphores,
         account_window_s=settings.account_window_seconds,
         max_connections=settings.redis_max_connections,
+        **settings.redis_topology,  # one server, a Cluster or Sentinel (docs/redis-ha.md)
     )
 
 
 async def _start(settings: Settings, metrics: Metrics) -> Services:
     coordinator = Coordinator(coordinator_config(settings))
     await coordinator.start()  # never fails because Redis is down: starts degraded
+    announce(coordinator)  # logs the data-loss grace, once, if a new or emptied Redis has one
     upstream = Upstream(
         settings.replicate_base_url,
         prefer_wait_s=settings.prefer_wait_seconds,
@@ -179,12 +199,14 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return SafeJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     target = f"{request.method} {_short(request.url.path, 200)}"
     headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"Not found: {target}"
+        if request.url.path.startswith(OPENAI_PREFIX):  # OpenAI's clients read its envelope
+            return openai_error_response(NotFound(message))
     elif exc.status_code == 405:
         allowed = headers.get("allow") or headers.get("Allow")
         message = f"Method not allowed: {target}" + (f" (allowed: {allowed})" if allowed else "")

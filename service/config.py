@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
 from functools import cached_property
 
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.coordination.connection import TopologyOptions, parse_sentinels
+
 SEMAPHORE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# A semaphore's limit, wherever one is set (the API, GLOBAL_SEMAPHORES' answers).
+MAX_LIMIT = 1_000_000
+LIMIT_RULE = f"must be an integer from 1 to {MAX_LIMIT} (a JSON number, not a string)"
 _SEMAPHORE_ID_RE = re.compile(SEMAPHORE_ID_PATTERN)
 
 
@@ -51,6 +57,15 @@ class Settings(BaseSettings):
     # Added by this service.
     redis_url: str | None = None
     redis_key_prefix: str = Field("rcg", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    # Redis high availability (docs/redis-ha.md). A Cluster: REDIS_CLUSTER=true, REDIS_URL names
+    # any node. Sentinel: REDIS_SENTINELS=host:port,... and REDIS_SENTINEL_MASTER; REDIS_URL is
+    # then optional and names no server, only the primary's scheme (rediss:// for TLS), user,
+    # password and database. REDIS_SENTINEL_USERNAME/_PASSWORD: the sentinels' own credentials.
+    redis_cluster: bool = False
+    redis_sentinels: str = Field("", validate_default=True)
+    redis_sentinel_master: str = Field("", validate_default=True)
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
     replicate_base_url: str = "https://api.replicate.com"
     lease_ttl_seconds: float = Field(30.0, ge=1.0, le=3600.0)
     queue_timeout_seconds: float = Field(300.0, ge=0.0, le=3600.0)
@@ -74,8 +89,90 @@ class Settings(BaseSettings):
     # Seals a caller's own token in its leases' records (Fernet), so that another replica can
     # settle the caller's prediction if this one dies; the same on every replica.
     token_sealing_key: SecretStr | None = None
+    # Durable jobs (service/jobs/): how long a job and its results stay in Redis after its last
+    # change; how many jobs' tasks one replica runs at once; after how long without a heartbeat
+    # a replica's jobs are taken over by another (unset: LEASE_TTL_SECONDS).
+    job_retention_seconds: float = Field(3600.0, ge=1.0)
+    job_max_running_tasks: int = Field(64, ge=1, le=100_000)
+    job_claim_idle_seconds: float | None = Field(None, gt=0.0)
+    # Webhooks out: the Standard Webhooks signing secret (whsec_<base64>), how long a delivery
+    # is retried, and whether http:// and loopback/private/link-local targets are allowed.
+    webhook_secret: SecretStr | None = None
+    webhook_retry_seconds: float = Field(86400.0, ge=0.0)
+    webhook_allow_private: bool = False
+    # Where Replicate can reach this deployment: predictions then carry a webhook to
+    # <PUBLIC_BASE_URL>/replicate/webhook (completes them without waiting for a poll).
+    public_base_url: str | None = None
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+
+    @field_validator("redis_key_prefix", mode="before")
+    @classmethod
+    def _check_prefix_braces(cls, value: object) -> object:
+        if isinstance(value, str) and ("{" in value or "}" in value):
+            # Every key of a semaphore shares the hash tag {kind:id}; a brace in the prefix would
+            # become the tag of every key and put them all in one Cluster slot.
+            raise ValueError("must not contain { or }: they would override the keys' hash tags")
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and not url:
+            raise ValueError("REDIS_CLUSTER=true needs REDIS_URL naming any node of the cluster")
+        if value and not str(url).lower().startswith(("redis://", "rediss://")):
+            raise ValueError("REDIS_CLUSTER=true needs a redis:// or rediss:// REDIS_URL")
+        if value and re.match(r"^[^?]*://[^/?]*/0*[1-9]", str(url)):
+            raise ValueError("a Redis Cluster has only database 0: REDIS_URL names another")
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            return ""
+        parse_sentinels(value)
+        if info.data.get("redis_cluster"):
+            raise ValueError("set either REDIS_SENTINELS or REDIS_CLUSTER=true, not both")
+        url = info.data.get("redis_url")
+        if url and not str(url).lower().startswith(("redis://", "rediss://")):
+            raise ValueError("with Sentinel, REDIS_URL (if set) must be redis:// or rediss://")
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _check_sentinel_master(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if "redis_sentinels" not in info.data:
+            return value  # REDIS_SENTINELS itself is invalid (reported)
+        if info.data["redis_sentinels"] and not value:
+            raise ValueError(
+                "required with REDIS_SENTINELS: the name the sentinels monitor the primary as"
+            )
+        if value and not info.data["redis_sentinels"]:
+            raise ValueError("needs REDIS_SENTINELS (host:port,host:port,...)")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_url(self) -> Settings:
+        # Under Sentinel, REDIS_URL names no server: unset, no credentials, no TLS, database 0
+        # (and no embedded Redis: python -m service starts one only when REDIS_URL is unset).
+        if self.redis_sentinels and not self.redis_url:
+            self.redis_url = "redis://"
+        return self
+
+    @property
+    def redis_topology(self) -> TopologyOptions:
+        """CoordinatorConfig's options for where Redis is (all but redis_url)."""
+        password = self.redis_sentinel_password
+        return TopologyOptions(
+            cluster=self.redis_cluster,
+            sentinels=parse_sentinels(self.redis_sentinels),
+            sentinel_master=self.redis_sentinel_master,
+            sentinel_username=self.redis_sentinel_username or None,
+            sentinel_password=password.get_secret_value() if password else None,
+        )
 
     @field_validator("global_semaphores")
     @classmethod
@@ -95,6 +192,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be 32 url-safe base64-encoded bytes (make one: python -m service.sealing)"
             ) from None
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 24:
+            # Never echo the value: it is a secret.
+            raise ValueError("must be whsec_ followed by at least 24 base64-encoded bytes")
         return value
 
     @field_validator("replicate_base_url")

@@ -21,6 +21,11 @@ from service.simulator import SimulatorConfig, create_app
 
 DEMO_TOKEN = "r8_demo_simulator"
 DEFAULT_LATENCY_S = 2.0
+# Declared by the demo when GLOBAL_SEMAPHORES is unset: the semaphore the README's examples name.
+DEMO_SEMAPHORES = "image-generation-global=4"
+# Where the banner puts the embedded Redis' URL for the README's Python example. Not REDIS_URL:
+# a later ./scripts/run.sh in the same shell would take it, and that Redis is gone by then.
+REDIS_URL_VARIABLE = "RCG_REDIS_URL"
 
 GENERATE_EXAMPLE = {
     "model_name": "flux-dev",
@@ -105,8 +110,41 @@ def _curl(service_url: str, path: str, payload: object) -> str:
     return f"curl -s -X POST {service_url}{path} -H 'Content-Type: application/json' -d '{body}'"
 
 
-def banner(simulator_url: str, service_url: str, latency_s: float) -> str:
+def exports(admin_key: str | None, embedded_redis_url: str | None) -> list[str]:
+    """Shell lines the README's examples need (`$ADMIN_KEY`, and `$RCG_REDIS_URL` for the
+    Python example), to paste as they are."""
+    if admin_key is not None:
+        lines = [f"export ADMIN_KEY={admin_key}"]
+    else:  # the operator's own key: never printed, taken from the same shell
+        lines = ['export ADMIN_KEY="$CONCURRENT_DOCKER_ADMIN_API_KEY"']
+    if embedded_redis_url is not None:
+        lines.append(f"export {REDIS_URL_VARIABLE}={embedded_redis_url}")
+    return lines
+
+
+def banner(
+    simulator_url: str,
+    service_url: str,
+    latency_s: float,
+    *,
+    admin_key: str | None = None,
+    semaphores: str = "",
+    embedded_redis_url: str | None = None,
+) -> str:
+    """`admin_key`: the one the demo made (CONCURRENT_DOCKER_ADMIN_API_KEY was unset), printed
+    so that the README's examples can send it; None when the operator set their own."""
     rule = "=" * 96
+    key_lines = (
+        [
+            "  - an ADMIN KEY (X-Admin-API-Key) made for this run: CONCURRENT_DOCKER_ADMIN_API_KEY",
+            "    is unset (a new key at every start; set the variable to keep one)",
+        ]
+        if admin_key is not None
+        else ["  - admin key (X-Admin-API-Key): your CONCURRENT_DOCKER_ADMIN_API_KEY"]
+    )
+    semaphore_lines = (
+        [f"  - declared semaphores (GLOBAL_SEMAPHORES): {semaphores}"] if semaphores else []
+    )
     lines = [
         rule,
         "DEMO MODE: REPLICATE_API_TOKEN is not set, so this service talks to a LOCAL SIMULATOR",
@@ -118,7 +156,12 @@ def banner(simulator_url: str, service_url: str, latency_s: float) -> str:
         f"  - REPLICATE_BASE_URL is set to the simulator, with the demo token {DEMO_TOKEN}",
         "  - the ENVIRONMENT FALLBACK tier is ON (ALLOW_ENV_FALLBACK) because this is the demo:",
         "    requests without X-Admin-API-Key or credentials use the demo token",
+        *key_lines,
+        *semaphore_lines,
         "Set REPLICATE_API_TOKEN (and CONCURRENT_DOCKER_ADMIN_API_KEY) to use real Replicate.",
+        "",
+        "Paste into your shell for the README's examples:",
+        *exports(admin_key, embedded_redis_url),
         "",
         "Try:",
         *curl_lines(service_url),

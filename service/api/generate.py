@@ -26,13 +26,23 @@ from service.auth import ADMIN_HEADER, authenticate
 from service.errors import Unavailable
 from service.generation import GeneratedFile, TaskOutcome
 from service.schemas import parse_batch_async, parse_generate, request_token
+from service.schemas.openapi import ADMIN_OR_CREDENTIALS, errors, operation
+from service.schemas.responses import BatchResponse, GenerateResponse
 
 router = APIRouter()
 
 _HANG_UP = "Client closed the request; the generation was cancelled"
 
 
-@router.post("/generate")
+@router.post(
+    "/generate",
+    operation_id="generate",
+    tags=["generation"],
+    summary="Generate images from one prompt",
+    response_model=GenerateResponse,
+    responses=errors(400, 401, 404, 413, 415, 429, 502, 503),
+    openapi_extra=operation(body="GenerateRequest", auth=ADMIN_OR_CREDENTIALS),
+)
 async def generate(request: Request) -> JSONResponse:
     found = services(request)
     body = await read_json(request, found.settings.max_body_bytes)
@@ -61,8 +71,20 @@ async def generate(request: Request) -> JSONResponse:
     )
 
 
-@router.post("/generate-batch")
+@router.post(
+    "/generate-batch",
+    operation_id="generate_batch",
+    tags=["generation"],
+    summary="Generate a batch of tasks concurrently (results in input order)",
+    response_model=BatchResponse,
+    responses=errors(400, 401, 404, 413, 415, 503),
+    openapi_extra=operation(body="BatchRequest", auth=ADMIN_OR_CREDENTIALS),
+)
 async def generate_batch(request: Request) -> JSONResponse:
+    from service.api import jobs  # Prefer: respond-async (RFC 7240) → a durable job, 202
+
+    if jobs.prefers_async(request):
+        return await jobs.submit(request, batch=True)
     found = services(request)
     settings = found.settings
     body = await read_json(

@@ -14,11 +14,24 @@ from fastapi.responses import JSONResponse
 from service import SERVICE_NAME, VERSION
 from service.api import services
 from service.schemas import SUPPORTED_MODELS
+from service.schemas.responses import ErrorResponse, Health
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    tags=["operations"],
+    summary="Health: Redis reachable, limits, supported models",
+    response_model=Health,
+    responses={
+        503: {
+            "model": Health | ErrorResponse,
+            "description": "Degraded: Redis unreachable (`status: degraded`); or the error "
+            "envelope while the replica starts or shuts down",
+        }
+    },
+)
 async def health(request: Request) -> JSONResponse:
     found = services(request)
     settings = found.settings

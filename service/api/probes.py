@@ -15,16 +15,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.api import Services
+from service.schemas.responses import ProbeAlive, ProbeReady, ProbeUnready
 
 router = APIRouter()
 
 
-@router.get("/livez")
+@router.get("/livez", tags=["operations"], summary="Liveness probe", response_model=ProbeAlive)
 async def livez() -> JSONResponse:
     return JSONResponse({"status": "alive"})
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    summary="Readiness probe: Redis reachable and not draining",
+    response_model=ProbeReady,
+    responses={503: {"model": ProbeUnready, "description": "Not ready: send traffic elsewhere"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     found = getattr(request.app.state, "services", None)
     if getattr(request.app.state, "draining", False) or getattr(found, "draining", False):

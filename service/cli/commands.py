@@ -20,6 +20,7 @@ from service.coordination import (
     SemaphoreView,
 )
 
+from . import jobs as job_commands
 from . import render
 from .parser import env_int
 from .readers import WindowReport, read_window, scan_accounts
@@ -264,4 +265,5 @@ COMMANDS: dict[str, Command] = {
     "release": release,
     "window": window,
     "accounts": accounts,
+    "jobs": job_commands.jobs,
 }

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("accounts", "account fingerprints with a concurrency semaphore (SCAN, never KEYS)")
+
+    jobs = command("jobs", "durable jobs: `jobs list` (newest first) or `jobs show ID`")
+    jobs.add_argument("action", choices=["list", "show"])
+    jobs.add_argument("id", nargs="?", metavar="ID")
+    jobs.add_argument("--limit", type=positive_int, default=20, help="jobs to list (20)")
     return parser
 
 
@@ -174,6 +179,8 @@ def env_int(name: str, default: int) -> int:
 
 def connection(args: argparse.Namespace) -> Connection:
     url = args.redis_url or os.environ.get("REDIS_URL", "").strip()
+    if not url and os.environ.get("REDIS_SENTINELS", "").strip():
+        url = "redis://"  # under Sentinel the URL names no server (docs/redis-ha.md)
     if not url:
         raise UsageError("no Redis URL: pass --redis-url or set REDIS_URL")
     prefix = args.prefix or os.environ.get("REDIS_KEY_PREFIX", "").strip() or "rcg"

@@ -138,10 +138,9 @@ def semaphore_detail(view: SemaphoreView, kind: str, now_unix: float | None = No
 
 
 def window_line(label: str, report: WindowReport) -> str:
-    text = (
-        f"{label}: {report.admissions} in the last {report.window_s:.0f}s, limit {report.limit}"
-        f"; oldest {duration(report.oldest_age_s)} ago"
-    )
+    text = f"{label}: {report.admissions} in the last {report.window_s:.0f}s, limit {report.limit}"
+    if report.oldest_age_s is not None:  # an empty window has no oldest entry
+        text += f"; oldest {duration(report.oldest_age_s)} ago"
     if report.remaining > 0:
         return f"{text}; {report.remaining} free now"
     return f"{text}; at limit, next slot frees in {duration(report.next_free_in_s)}"

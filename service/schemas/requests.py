@@ -71,7 +71,9 @@ MAX_DETAILS = 50
 MAX_SUGGESTIONS = MAX_LISTED_PROBLEMS
 
 _SEMAPHORE_ID_RE = re.compile(SEMAPHORE_ID_PATTERN)
-_TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_CHARS}}}")
+# A user-tier token: printable ASCII, no spaces (documented as this pattern in OpenAPI).
+TOKEN_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_TOKEN_CHARS}}}$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
 
 _SHARED_KEYS = frozenset({"model_name", "external_semaphore_id", "credentials"})
 GENERATE_SERVICE_KEYS = _SHARED_KEYS | {"output_filename"}

@@ -38,7 +38,7 @@ from service.coordination.subscriber import (
     Subscription,
     SubscriptionLost,
 )
-from service.limits import unavailable as http_unavailable
+from service.coordination_errors import unavailable as http_unavailable
 from tests.fixtures.redis_cluster import RedisClusterNodes
 from tests.fixtures.redis_sentinel import RedisSentinelSet
 from tests.fixtures.redis_server import EPOCH_PREFIX, require_redis_binary

@@ -119,6 +119,7 @@ class _AnnouncingServer(uvicorn.Server):
         # uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, which would kill
         # the process before the embedded Redis and the demo simulator stop. A drained,
         # graceful stop is a normal exit: code 0.
+        # (private: pinned, tests/unit/test_private_contracts.py)
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()

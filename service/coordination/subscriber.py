@@ -114,12 +114,6 @@ class SubscriptionSource:
     async def aclose(self) -> None:
         """Nothing to close: every connection made belongs to its subscription."""
 
-    @property
-    def connection_pool(self) -> SubscriptionSource:
-        # WakeDispatcher (wake.py) passes `client.connection_pool` to Subscription.open: a
-        # source handed to it as its client is passed on as itself.
-        return self
-
 
 class PoolSubscriptionSource(SubscriptionSource):
     """A connection as `pool` makes them (its class and settings: AUTH, TLS, HELLO, a unix
@@ -222,7 +216,7 @@ class Subscription:
             source = PoolSubscriptionSource(source)
         connection = await source.connect()
         address = _address(connection)
-        writer = connection._writer
+        writer = connection._writer  # private: pinned, tests/unit/test_private_contracts.py
         if writer is None:
             raise SubscriptionLost("connection closed while opening")
         # The transport is ours from here: the connection object must not close it when it is

@@ -36,7 +36,7 @@ from service.config import MAX_LIMIT, SEMAPHORE_ID_PATTERN, Settings
 from service.coordination.remote import MAX_HOLDER_TEXT
 from service.errors import NotFound
 from service.schemas.bodies import Bounds, body_components
-from service.schemas.openapi import ADMIN_SCHEME, error_meaning, errors
+from service.schemas.openapi import ADMIN_SCHEME, TOKEN_SCHEME, error_meaning, errors
 from service.schemas.responses import ErrorResponse
 
 router = APIRouter(include_in_schema=False)
@@ -69,6 +69,11 @@ TAGS = [
     {"name": "generation", "description": "Generate images (one, or a batch of tasks)"},
     {"name": "semaphores", "description": "Global semaphores shared by every replica and service"},
     {"name": "leases", "description": "Hold a slot of a global semaphore from another service"},
+    {
+        "name": "jobs",
+        "description": "Durable jobs: submit a generation or a batch, follow it from any "
+        "replica, be called back",
+    },
     {"name": "operations", "description": "Health, probes, metrics and the dashboard"},
 ]
 
@@ -124,7 +129,13 @@ def build_openapi(app: FastAPI, bounds: Bounds) -> dict[str, Any]:
             "name": "X-Admin-API-Key",
             "description": "CONCURRENT_DOCKER_ADMIN_API_KEY: the server's Replicate token, and "
             "semaphore and lease management",
-        }
+        },
+        TOKEN_SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The Replicate API token a job was submitted with: its own account "
+            "reads, follows and cancels it",
+        },
     }
     error_ref = {"$ref": "#/components/schemas/" + ErrorResponse.__name__}
     for item in document.get("paths", {}).values():
@@ -135,8 +146,11 @@ def build_openapi(app: FastAPI, bounds: Bounds) -> dict[str, Any]:
 
 def _complete(operation: dict[str, Any], error_ref: dict[str, Any]) -> None:
     responses = operation.setdefault("responses", {})
-    if responses.pop("422", None) is not None and "400" not in responses:
-        responses["400"] = _error(400, error_ref)
+    # FastAPI's own 422 (its validation shape) is never sent; a route's 422 with the envelope
+    # (an Idempotency-Key reused with another body) is.
+    if "HTTPValidationError" in str(responses.get("422", "")):
+        del responses["422"]
+        responses.setdefault("400", _error(400, error_ref))
     responses.setdefault("500", _error(500, error_ref))
     note = operation.pop("x-auth", None)
     if note:
@@ -157,6 +171,7 @@ _PATH_RULES = {
         "digit",
     ),
     "lease_id": (f"^{_LEASE_ID_RE.pattern}$", "As granted (POST .../leases)"),
+    "job_id": ("^[a-z2-7]{32}$", "As answered by POST /jobs (any other id is not found)"),
 }
 
 

@@ -26,6 +26,7 @@ from service.auth import ADMIN_HEADER, authenticate
 from service.errors import Unavailable
 from service.generation import GeneratedFile, TaskOutcome
 from service.schemas import parse_batch_async, parse_generate, request_token
+from service.schemas.job_responses import Job
 from service.schemas.openapi import ADMIN_OR_CREDENTIALS, errors, operation
 from service.schemas.responses import BatchResponse, GenerateResponse
 
@@ -77,8 +78,29 @@ async def generate(request: Request) -> JSONResponse:
     tags=["generation"],
     summary="Generate a batch of tasks concurrently (results in input order)",
     response_model=BatchResponse,
-    responses=errors(400, 401, 404, 413, 415, 503),
-    openapi_extra=operation(body="BatchRequest", auth=ADMIN_OR_CREDENTIALS),
+    responses={
+        202: {
+            "model": Job,
+            "description": "With `Prefer: respond-async`: queued as a durable job, as POST "
+            "/jobs answers (then also `Idempotency-Key`, 409 and 422 as there)",
+            "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}},
+        },
+        **errors(400, 401, 404, 409, 413, 415, 422, 503),
+    },
+    openapi_extra={
+        **operation(body="BatchRequest", auth=ADMIN_OR_CREDENTIALS),
+        "parameters": [
+            {
+                "name": "Prefer",
+                "in": "header",
+                "required": False,
+                "description": "`respond-async` (RFC 7240): answer 202 at once with a durable "
+                "job (POST /jobs) instead of waiting for the batch",
+                "schema": {"type": "string"},
+                "example": "respond-async",
+            }
+        ],
+    },
 )
 async def generate_batch(request: Request) -> JSONResponse:
     from service.api import jobs  # Prefer: respond-async (RFC 7240) → a durable job, 202

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.api import services
@@ -47,6 +47,14 @@ from service.jobs.models import CANCELED, KIND_BATCH, KIND_GENERATE, TERMINAL, J
 from service.jobs.service import Jobs, Reader, body_digest, owner_digest
 from service.jobs.webhooks import parse_webhook
 from service.schemas import TaskRequest, parse_batch_async, parse_generate, request_token
+from service.schemas.job_responses import Job, JobEvent, ReplicateWebhookReceived
+from service.schemas.openapi import (
+    ADMIN_OR_BEARER,
+    ADMIN_OR_CREDENTIALS,
+    NO_AUTH,
+    errors,
+    operation,
+)
 
 router = APIRouter()
 
@@ -57,6 +65,25 @@ READER_REQUIRED = (
     "Authentication required: provide 'X-Admin-API-Key' or "
     "'Authorization: Bearer <the Replicate API token the job was submitted with>'"
 )
+
+
+IDEMPOTENCY_PARAMETER: dict[str, Any] = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "1-255 printable ASCII characters: the same key, caller and body within 24 h "
+    "answer the same job (`Idempotent-Replayed: true`); another body is 422",
+    "schema": {"type": "string", "pattern": _IDEMPOTENCY_RE.pattern},
+}
+LOCATION_HEADER = {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}}
+# Answers a job route gives besides its own (POST /generate-batch with `Prefer: respond-async`
+# gives them too).
+SUBMIT_ERRORS = (400, 401, 404, 409, 413, 415, 422, 503)
+ACCEPTED = {
+    "model": Job,
+    "description": "Queued: any replica runs it; follow it at `Location`",
+    "headers": LOCATION_HEADER,
+}
 
 
 def jobs_of(request: Request) -> Jobs:
@@ -71,7 +98,19 @@ def prefers_async(request: Request) -> bool:
     return any(_PREFER_ASYNC_RE.search(v) for v in request.headers.getlist("prefer"))
 
 
-@router.post("/jobs")
+@router.post(
+    "/jobs",
+    operation_id="submit_job",
+    tags=["jobs"],
+    summary="Submit a /generate or /generate-batch body as a durable job",
+    status_code=202,
+    response_model=Job,
+    responses={202: ACCEPTED, **errors(*SUBMIT_ERRORS)},
+    openapi_extra={
+        **operation(body="JobRequest", auth=ADMIN_OR_CREDENTIALS),
+        "parameters": [IDEMPOTENCY_PARAMETER],
+    },
+)
 async def submit_job(request: Request) -> JSONResponse:
     return await submit(request, batch=None)
 
@@ -143,14 +182,34 @@ def reader_of(request: Request) -> Reader:
     raise Unauthorized(READER_REQUIRED)
 
 
-@router.get("/jobs/{job_id}")
+@router.get(
+    "/jobs/{job_id}",
+    operation_id="get_job",
+    tags=["jobs"],
+    summary="A job: its status, its tasks and their files (from any replica)",
+    response_model=Job,
+    responses=errors(401, 404, 503),
+    openapi_extra=operation(auth=ADMIN_OR_BEARER),
+)
 async def get_job(request: Request, job_id: str) -> JSONResponse:
     jobs = jobs_of(request)
     record = await jobs.get(job_id, reader_of(request))
     return SafeJSONResponse(await jobs.view(record))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post(
+    "/jobs/{job_id}/cancel",
+    operation_id="cancel_job",
+    tags=["jobs"],
+    summary="Cancel a job's pending tasks and running predictions",
+    response_model=Job,
+    responses={
+        200: {"description": "Canceled (or it already was)"},
+        202: {"model": Job, "description": "Cancel requested; its runner is still ending it"},
+        **errors(401, 404, 409, 503),
+    },
+    openapi_extra=operation(auth=ADMIN_OR_BEARER),
+)
 async def cancel_job(request: Request, job_id: str) -> JSONResponse:
     jobs = jobs_of(request)
     record = await jobs.get(job_id, reader_of(request))
@@ -169,7 +228,22 @@ SSE_POLL_S = 0.25
 _EVENT_ID_RE = re.compile(r"^(0|\d{1,20}-\d{1,20})$")
 
 
-@router.get("/jobs/{job_id}/events")
+@router.get(
+    "/jobs/{job_id}/events",
+    operation_id="job_events",
+    tags=["jobs"],
+    summary="Follow a job live (Server-Sent Events), resumable with Last-Event-ID",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "`event: task` per task state change (its view as data), `event: "
+            "job` when the job ends (then the stream closes); ids are for `Last-Event-ID`",
+            "content": {"text/event-stream": {"schema": JobEvent.model_json_schema()}},
+        },
+        **errors(400, 401, 404, 503),
+    },
+    openapi_extra=operation(auth=ADMIN_OR_BEARER),
+)
 async def job_events(request: Request, job_id: str) -> EventSourceResponse:
     jobs = jobs_of(request)
     record = await jobs.get(job_id, reader_of(request))
@@ -212,7 +286,15 @@ def _event(event_id: str, data: dict[str, Any]) -> ServerSentEvent:
     )
 
 
-@router.post("/replicate/webhook")
+@router.post(
+    "/replicate/webhook",
+    operation_id="replicate_webhook",
+    tags=["jobs"],
+    summary="Replicate's signed prediction webhook (with PUBLIC_BASE_URL)",
+    response_model=ReplicateWebhookReceived,
+    responses=errors(400, 401, 404, 409, 413, 503),
+    openapi_extra=operation(auth=NO_AUTH),
+)
 async def replicate_webhook(request: Request) -> JSONResponse:
     """Replicate's signed `completed` webhook (PUBLIC_BASE_URL): completes the prediction's
     task at once instead of at its next poll. 401 bad signature, 409 replay."""

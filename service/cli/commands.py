@@ -20,7 +20,6 @@ from service.coordination import (
     SemaphoreView,
 )
 
-from . import jobs as job_commands
 from . import render
 from .parser import env_int
 from .readers import WindowReport, read_window, scan_accounts
@@ -256,6 +255,15 @@ async def accounts(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+async def jobs(ctx: Context, args: argparse.Namespace) -> int:
+    """`jobs list` / `jobs show ID` (service/cli/jobs.py). Imported here, when it runs: the job
+    machinery (auth, upstream, generation, ~0.5 s of imports) would slow every other command's
+    start."""
+    from . import jobs as job_commands
+
+    return await job_commands.jobs(ctx, args)
+
+
 COMMANDS: dict[str, Command] = {
     "list": list_semaphores,
     "show": show,
@@ -265,5 +273,5 @@ COMMANDS: dict[str, Command] = {
     "release": release,
     "window": window,
     "accounts": accounts,
-    "jobs": job_commands.jobs,
+    "jobs": jobs,
 }

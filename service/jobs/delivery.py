@@ -2,13 +2,18 @@
 Standard Webhooks, retried until delivered or WEBHOOK_RETRY_SECONDS have passed.
 
     rcg:{hooks}:due          zset    delivery id → when its next attempt is due (ms)
-    rcg:{hooks}:d:<id>       hash    url, body, job id, event, first_ms, attempts
+    rcg:{hooks}:d:<id>       hash    url, body, job id, event, first_ms, attempts (a tombstone
+                                     without url and body once delivered or given up)
     rcg:{job:<id>}:hooks     hash    delivery id → its attempts as shown on the job
 
-A delivery is written to Redis before any attempt, so it survives the replica that made it.
-Each replica's sender claims due deliveries in one script call (claim_deliveries.lua: their
-due time moves a lease ahead, so a replica that dies mid-attempt hands them on), POSTs each
-one and then deletes it (2xx) or schedules the next attempt: exponential backoff with full
+A delivery is written to Redis before any attempt, so it survives the replica that made it; it
+is written once per (job, event) (enqueue_delivery.lua), and after its last attempt its record
+stays as a tombstone (no body) until the job has expired, so queuing it again (a runner that
+resumed a job, or that found it ended without its webhooks queued: service.jobs.runner) sends
+nothing twice. Each replica's sender claims due deliveries in one script call
+(claim_deliveries.lua: their due time moves a lease ahead, so a replica that dies mid-attempt
+hands them on), POSTs each one and then ends it (2xx, or out of time: the tombstone) or
+schedules the next attempt: exponential backoff with full
 jitter, 1 s doubling up to 1 h between attempts. Every attempt carries the same `webhook-id`
 (the delivery id): receivers deduplicate by it ("at least once"). The signature is
 `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` with WEBHOOK_SECRET, made by the
@@ -45,12 +50,12 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 3600.0
 ATTEMPT_TIMEOUT_S = 10.0
 MAX_ERROR_CHARS = 200
-LUA = Path(__file__).resolve().parent / "lua" / "claim_deliveries.lua"
+LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 
 @cache
-def _claim_source() -> str:
-    return LUA.read_text()
+def _lua(name: str) -> str:
+    return (LUA_DIR / f"{name}.lua").read_text()
 
 
 def backoff_s(attempts: int, rng: random.Random) -> float:
@@ -76,7 +81,8 @@ class WebhookSender:
         self._allow_private = allow_private
         self._retention_ms = retention_ms
         self.due = f"{prefix}:{{hooks}}:due"
-        self._claim = client.register_script(_claim_source())
+        self._claim = client.register_script(_lua("claim_deliveries"))
+        self._enqueue = client.register_script(_lua("enqueue_delivery"))
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -108,23 +114,19 @@ class WebhookSender:
 
     async def enqueue(self, job_id: str, event: str, url: str, payload: dict[str, Any]) -> None:
         """Keep a delivery in Redis, due now. Its id is stable for (job, event): enqueuing it
-        twice (a runner resumed after writing it) changes nothing."""
+        again (a runner resumed after writing it, or after it was delivered) changes nothing."""
         delivery_id = f"msg_{job_id}_{event}"
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
-        now_ms = int(time.time() * 1000)
-        record = self.record_key(delivery_id)
-        created = await _call(self._client.hsetnx(record, "body", body))
-        if not created:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(
-            record,
-            mapping={"url": url, "job": job_id, "event": event, "first_ms": now_ms, "attempts": 0},
+        kept = await _call(
+            self._enqueue(
+                keys=[self.record_key(delivery_id), self.due],
+                args=[url, body, job_id, event, self._retry_ms + 3_600_000, delivery_id],
+            )
         )
-        pipe.pexpire(record, self._retry_ms + 3_600_000)
-        pipe.zadd(self.due, {delivery_id: now_ms}, nx=True)
-        await _call(pipe.execute())
-        await self._show(job_id, delivery_id, {"event": event, "status": "pending", "attempts": 0})
+        if int(kept) == 1:
+            await self._show(
+                job_id, delivery_id, {"event": event, "status": "pending", "attempts": 0}
+            )
 
     async def attempts_of(self, job_id: str) -> list[dict[str, Any]]:
         raw: Any = await _call(self._client.hgetall(self.job_key(job_id)))
@@ -221,9 +223,14 @@ class WebhookSender:
         )
 
     async def _forget(self, delivery_id: str) -> None:
+        """No more attempts: out of the due set, the record kept as a tombstone (no body: never
+        sent again) until the job has expired. In this order, a crash anywhere in between
+        leaves a record that is never sent twice either."""
+        record = self.record_key(delivery_id)
         pipe = self._client.pipeline(transaction=False)
+        pipe.hdel(record, "body", "url")
+        pipe.pexpire(record, self._retention_ms)
         pipe.zrem(self.due, delivery_id)
-        pipe.delete(self.record_key(delivery_id))
         await _call(pipe.execute())
 
 

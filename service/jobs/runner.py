@@ -9,7 +9,10 @@ Each replica is one consumer of the queue's group (`<replica id>-<random>`):
               every task not finished runs through the Generator (same limits, same FIFO
               queues as /generate), at most JOB_MAX_RUNNING_TASKS at once on this replica
               a watcher renews the entry's idle time every claim-idle/3 and polls the cancel
-              flag; the job's end is written (finish_job.lua), the entry XACKed and XDELed
+              flag; the job's end is written (finish_job.lua), its webhooks queued, and only
+              then the entry XACKed and XDELed: the entry is the job's outbox, so a runner
+              that died in between leaves it pending, and the runner that claims it finds
+              the job ended and queues them (a delivery is never queued twice)
 
 Never two predictions for one task. Before every create attempt the task is marked `inflight`
 in Redis (awaited: no record, no create), and `created` with the prediction id once known.
@@ -107,6 +110,7 @@ class _Run:
     canceling: bool = False
     lost: bool = False
     unfinished: int = 0
+    hooks_owed: bool = False  # some ended task's webhooks may not have been queued
 
     def stop(self) -> None:
         for task in self.tasks:
@@ -216,16 +220,23 @@ class JobRunner:
     async def _run_job(self, entry: str, job_id: str) -> None:
         try:
             taken = await self._store.take(job_id, self.consumer)
-            if taken.outcome != "taken":
-                await self._store.done(entry)  # gone (expired) or already finished
-                return
-            record = await self._store.read(job_id)
+            record = await self._store.read(job_id) if taken.outcome != "gone" else None
             if record is None:
-                await self._store.done(entry)
+                await self._store.done(entry)  # expired
+                return
+            if taken.outcome == "finished":
+                # Ended, its entry not acknowledged: its runner died (or Redis failed) before
+                # the job's webhooks were queued, or it was canceled while queued. Queue them
+                # now (a delivery already queued is not queued twice), then acknowledge.
+                if await self._notify_end(record, taken.status, record.tasks):
+                    await self._store.done(entry)
                 return
             caller = self._caller(record)
             states = {t.index: record.tasks.get(t.index, TaskState()) for t in record.spec.tasks}
             run = _Run(record, entry, taken.epoch, caller or _NO_CALLER, states)
+            # A takeover: the tasks that ended under the dead runner may have ended after its
+            # last webhook was queued.
+            run.hooks_owed = any(state.terminal for state in states.values())
             self._runs[job_id] = run
             try:
                 await self._execute(run, cancel=taken.cancel, no_caller=caller is None)
@@ -305,18 +316,62 @@ class JobRunner:
         )
 
     async def _finish(self, run: _Run, status: str, error: str | None) -> None:
+        """The job's end, then its webhooks queued, then its entry acknowledged: the entry is
+        the job's outbox. A replica that dies (or loses Redis) after the end and before its
+        webhooks were queued leaves the entry pending; the runner that claims it finds the job
+        ended and queues them (`_run_job`)."""
         record = run.record
         if not await self._store.finish(
             record.id, run.epoch, status, error, len(record.spec.tasks)
         ):
             return  # another runner has it
-        await self._store.done(run.entry)
         log.info("job finished", extra={"job_id": record.id, "status": status})
+        tasks = run.states if run.hooks_owed else {}
+        if await self._notify_end(record, status, tasks):
+            await self._store.done(run.entry)
+        else:
+            log.warning(
+                "job webhooks not queued; left to the runner that claims its entry",
+                extra={"job_id": record.id},
+            )
+
+    async def _notify_end(
+        self, record: JobRecord, status: str, states: dict[int, TaskState]
+    ) -> bool:
+        """Every listener of the job's end, and of each of `states` that ended; False when one
+        found Redis unreachable (then it runs again after a takeover: each must be idempotent).
+        A listener's bug is logged, not retried: it would fail the same way forever."""
+        done = True
+        for index, state in sorted(states.items()):
+            if state.terminal:
+                done = await self._notify_task(record, index, state) and done
         for listener in self.on_finished:
             try:
                 await listener(record, status)
+            except ServiceError as exc:
+                log.warning(
+                    "job finished listener failed",
+                    extra={"job_id": record.id, "error": exc.message},
+                )
+                done = False
             except Exception:
                 log.exception("job finished listener failed", extra={"job_id": record.id})
+        return done
+
+    async def _notify_task(self, record: JobRecord, index: int, state: TaskState) -> bool:
+        done = True
+        for listener in self.on_task:
+            try:
+                await listener(record, index, state)
+            except ServiceError as exc:
+                log.warning(
+                    "job task listener failed",
+                    extra={"job_id": record.id, "task": index, "error": exc.message},
+                )
+                done = False
+            except Exception:
+                log.exception("job task listener failed", extra={"job_id": record.id})
+        return done
 
     async def _watch(self, run: _Run) -> None:
         """Renew the entry (our claim on the job) and notice a cancel request."""
@@ -505,12 +560,8 @@ class JobRunner:
         if not written:
             run.lost = True
             return False
-        if state.terminal:
-            for listener in self.on_task:
-                try:
-                    await listener(record, index, state)
-                except Exception:
-                    log.exception("job task listener failed", extra={"job_id": record.id})
+        if state.terminal and not await self._notify_task(record, index, state):
+            run.hooks_owed = True  # queued again at the job's end
         return True
 
     def _caller(self, record: JobRecord) -> Caller | None:

@@ -164,7 +164,8 @@ class Jobs:
             webhook=webhook,
         )
         job_id, created = await self.store.create(job, idempotency=idempotency)
-        record = await self._wait_for(job_id)
+        # An Idempotency-Key names its job only once the job is written (JobStore.create).
+        record = await self.store.read(job_id)
         if record is None:
             raise Conflict(
                 "The job of this Idempotency-Key has expired (JOB_RETENTION_SECONDS); use a new "
@@ -172,14 +173,6 @@ class Jobs:
                 fields={"job_id": job_id},
             )
         return await self.view(record), created
-
-    async def _wait_for(self, job_id: str) -> JobRecord | None:
-        for _ in range(20):
-            record = await self.store.read(job_id)
-            if record is not None:
-                return record
-            await asyncio.sleep(0.05)
-        return None
 
     # -- read and cancel ------------------------------------------------------------------
 
@@ -195,10 +188,15 @@ class Jobs:
         outcome, status = await self.store.cancel(record.id)
         if outcome == "gone":
             raise NotFound(f"Job '{record.id}' not found")
-        entry = record.get("entry")
-        if outcome == "accepted" and status == CANCELED and entry:
+        if outcome == "accepted" and status == CANCELED:
+            # A queued job, ended here rather than by a runner: its webhook is queued here,
+            # and only then does its entry leave the queue. A replica that dies in between
+            # leaves the entry, and the runner that reads it queues the webhook (JobRunner).
             with contextlib.suppress(ServiceError):
-                await self.store.drop_entry(entry)
+                await self._job_finished(record, CANCELED)
+                entry = record.get("entry")
+                if entry:
+                    await self.store.drop_entry(entry)
         # The runner notices within CANCEL_POLL_S and cancels the predictions; wait a little
         # so the answer usually shows the job ended.
         current: JobRecord | None = record

@@ -6,7 +6,7 @@
     rcg:{job:<id>}:hooks     hash    webhook delivery id → its attempts (shown on the job)
     rcg:{jobs}:queue         stream  one entry per job to run; consumer group `runners`
     rcg:{jobs}:index         zset    job id → created ms (operators' listing)
-    rcg:{idem:<owner>}:<key> string  "<job id> <body digest>" for an Idempotency-Key, 24 h
+    rcg:{jobs}:idem:<owner>:<key>    string  "<job id> <body digest>" for an Idempotency-Key, 24 h
 
 Every key of one job shares the hash tag `{job:<id>}`, so each script touches one cluster slot;
 every job key has the TTL JOB_RETENTION_SECONDS, pushed back on every write: a job lives that
@@ -16,10 +16,18 @@ by the job's epoch: a runner that lost the job (another replica took it over) ca
 Execution queue: XADD on create; a runner XREADGROUPs new entries, renews its entries' idle
 time (renew_entry.lua) while it runs them, XACK + XDEL when the job ends; another runner
 XAUTOCLAIMs entries idle longer than JOB_CLAIM_IDLE_SECONDS (their runner died).
+
+Creating a job is two scripts, in this order (`JobStore.create` says why not one):
+
+    create_job.lua    {job:<id>}  the job, its tasks and first event: written, but its id is
+                                  known to this process alone, so nobody can see it yet
+    enqueue_job.lua   {jobs}      the Idempotency-Key's decision, the queue entry and the
+                                  listing line, at once: from here the job exists for everyone
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Sequence
@@ -50,6 +58,7 @@ SCRIPT_NAMES = (
     "finish_job",
     "cancel_job",
     "renew_entry",
+    "enqueue_job",
 )
 
 
@@ -147,8 +156,9 @@ class JobStore:
         return JobKeys(f"{base}:job", f"{base}:tasks", f"{base}:events", f"{base}:hooks")
 
     def idempotency_key(self, owner_digest: str, key: str) -> str:
+        """Under the queue's hash tag: enqueue_job.lua decides and queues in one call."""
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return f"{self.prefix}:{{idem:{owner_digest[:32]}}}:{digest}"
+        return f"{self.prefix}:{{jobs}}:idem:{owner_digest[:32]}:{digest}"
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await _call(self._scripts[name](keys=list(keys), args=list(args)))
@@ -169,9 +179,22 @@ class JobStore:
     async def create(
         self, job: NewJob, *, idempotency: tuple[str, str] | None = None
     ) -> tuple[str, bool]:
-        """Write the job and queue it; (job id, True). With `idempotency` (key, body digest):
-        one SET NX decides among any number of concurrent submissions; a loser answers the
-        winner's job id (False) or, with another body, IdempotencyMismatch."""
+        """Write the job and queue it; (job id, True). With `idempotency` (key, body digest),
+        the key's earlier job instead: (its id, False), or IdempotencyMismatch for another body.
+
+        Crash-safe without a recovery sweep. A job is made visible (queued, listed, named by
+        its Idempotency-Key) by one script, enqueue_job.lua, which does all three or nothing;
+        the job's own keys are written before it, under the job's hash tag, and nobody knows
+        their id until that script has run. A replica that dies between the two leaves a job
+        no one can name, which expires with JOB_RETENTION_SECONDS; the caller, who got no
+        answer, retries, and the retry queues a job of its own (the key was never taken). One
+        that dies after it leaves a queued job: a retry with the key answers that job.
+
+        Not one script for all of it: in Redis Cluster a script's keys must share one slot,
+        and the queue is one stream (one slot) that every runner reads, so the job's keys would
+        have to share the queue's hash tag, which puts every job (and the events streams that
+        SSE clients poll) on a single node. Nor a sweep that re-enqueues jobs left `queued`
+        without an entry: it would scan every job, and a job would wait for the sweep."""
         keys = self.keys(job.job_id)
         fields: list[Any] = [
             "id",
@@ -197,45 +220,45 @@ class JobStore:
             fields += ["sealed_token", job.sealed_token]
         if job.webhook is not None:
             fields += ["webhook", job.webhook.to_json()]
-        created_ms = await self._script(
-            "create_job",
-            keys.scripted,
-            [
-                self.retention_ms,
-                self.events_max(len(job.spec.tasks)),
-                len(job.spec.tasks),
-                TaskState().to_json(),
-                *fields,
-            ],
+        created_ms = int(
+            await self._script(
+                "create_job",
+                keys.scripted,
+                [
+                    self.retention_ms,
+                    self.events_max(len(job.spec.tasks)),
+                    len(job.spec.tasks),
+                    TaskState().to_json(),
+                    *fields,
+                ],
+            )
         )
+        # Listing only: drop members whose jobs expired long ago.
+        trim_ms = created_ms - self.retention_ms - 86_400_000
+        queue_keys = [self.queue, self.index]
+        args: list[Any] = [job.job_id, created_ms, trim_ms]
         if idempotency is not None:
             key, digest = idempotency
-            previous = await _call(
-                self.client.set(
-                    self.idempotency_key(job.owner_digest, key),
-                    f"{job.job_id} {digest}",
-                    nx=True,
-                    get=True,
-                    ex=IDEMPOTENCY_TTL_S,
+            queue_keys.append(self.idempotency_key(job.owner_digest, key))
+            args += [f"{job.job_id} {digest}", IDEMPOTENCY_TTL_S]
+        reply = await self._script("enqueue_job", queue_keys, args)
+        if int(reply[0]) == 0:
+            with contextlib.suppress(ServiceError):  # never queued: nobody saw it; else expires
+                await _call(self.client.delete(*keys.scripted))
+            assert idempotency is not None
+            winner, _, winner_digest = _text(reply[1]).partition(" ")
+            if winner_digest != idempotency[1]:
+                key = idempotency[0]
+                raise IdempotencyMismatch(
+                    f"Idempotency-Key '{key[:200]}' was already used with a different "
+                    "request body; use a new key for a new request",
+                    fields={"idempotency_key": key[:200]},
                 )
-            )
-            if previous is not None:
-                await _call(self.client.delete(*keys.scripted))  # never queued: nobody saw it
-                winner, _, winner_digest = _text(previous).partition(" ")
-                if winner_digest != digest:
-                    raise IdempotencyMismatch(
-                        f"Idempotency-Key '{key[:200]}' was already used with a different "
-                        "request body; use a new key for a new request",
-                        fields={"idempotency_key": key[:200]},
-                    )
-                return winner, False
-        entry = await _call(self.client.xadd(self.queue, {"job": job.job_id}))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(keys.job, "entry", _text(entry))
-        pipe.zadd(self.index, {job.job_id: int(created_ms)})
-        # Listing only: drop entries whose jobs expired long ago.
-        pipe.zremrangebyscore(self.index, "-inf", int(created_ms) - self.retention_ms - 86_400_000)
-        await _call(pipe.execute())
+            return winner, False
+        # For the queue position and a cancel of the queued job; the job is queued either way
+        # (without it, its runner still finds a canceled job ended: take_job.lua).
+        with contextlib.suppress(ServiceError):
+            await _call(self.client.hset(keys.job, "entry", _text(reply[1])))
         return job.job_id, True
 
     # -- reading ------------------------------------------------------------------------------

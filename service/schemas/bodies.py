@@ -33,6 +33,7 @@ from service.schemas.models import MODELS, ModelSpec, Prompt
 from service.schemas.requests import TOKEN_PATTERN
 
 REF_PREFIX = "#/components/schemas/"
+MAX_WEBHOOK_URL_CHARS = 2048  # service.jobs.webhooks.MAX_URL_CHARS (schemas import no jobs)
 _CLOSED = ConfigDict(extra="forbid", strict=True)
 
 
@@ -180,6 +181,50 @@ def _batch_body(spec: ModelSpec, max_tasks: int) -> type[BaseModel]:
     )
 
 
+# -- /jobs ---------------------------------------------------------------------------------------
+
+
+class WebhookTarget(BaseModel):
+    """Where to POST the job when it ends (and each task, with `"events": ["task",
+    "completed"]`), signed per Standard Webhooks with the server's WEBHOOK_SECRET (without one,
+    400). `https`, and not resolving to a loopback, private or link-local address (unless the
+    server sets WEBHOOK_ALLOW_PRIVATE)."""
+
+    model_config = _CLOSED
+
+    url: str = Field(max_length=MAX_WEBHOOK_URL_CHARS, examples=["https://example.com/hooks/rcg"])
+    events: list[Literal["task", "completed"]] = Field(
+        ["completed"],
+        min_length=1,
+        description='`["completed"]` or `["task", "completed"]` (must include `completed`)',
+    )
+
+
+def _job_body(make: Callable[[ModelSpec], type[BaseModel]]) -> Callable[[ModelSpec], Any]:
+    """A /generate or /generate-batch body of one model, plus the job's `webhook`."""
+
+    def made(spec: ModelSpec) -> type[BaseModel]:
+        body = make(spec)
+        return create_model(
+            f"{body.__name__}Job",
+            __base__=body,
+            __doc__=f"POST /jobs: {body.__doc__}",
+            webhook=(WebhookTarget | None, Field(None, description="Optional: webhooks out")),
+        )
+
+    return made
+
+
+def _job_request(bounds: Bounds) -> Any:
+    """POST /jobs: any /generate body or any /generate-batch body (`tasks` or `prompts`)."""
+    generate = [_job_body(_generate_body)(spec) for spec in MODELS.values()]
+    batch = [
+        _job_body(lambda spec: _batch_body(spec, bounds.max_batch_tasks))(spec)
+        for spec in MODELS.values()
+    ]
+    return Union[tuple(generate + batch)]  # noqa: UP007
+
+
 def _by_model(make: Callable[[ModelSpec], type[BaseModel]]) -> Any:
     """One body per model, chosen by `model_name`."""
     choices = tuple(make(spec) for spec in MODELS.values())
@@ -250,6 +295,7 @@ _BODIES: dict[str, Callable[[Bounds], Any]] = {
     "BatchRequest": lambda bounds: _by_model(
         lambda spec: _batch_body(spec, bounds.max_batch_tasks)
     ),
+    "JobRequest": _job_request,
     "SemaphoreCreateRequest": _semaphore_create,
     "SemaphoreLimitRequest": _semaphore_limit,
     "LeaseRequest": _lease_request,
@@ -308,6 +354,27 @@ EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
                 "model_name": "flux-dev",
                 "prompts": ["A red car", "A blue house"],
                 "custom_filenames": ["red_car", "blue_house"],
+            },
+        },
+    },
+    "JobRequest": {
+        "batch": {
+            "summary": "A batch, called back when it ends",
+            "value": {
+                "model_name": "flux-dev",
+                "tasks": [{"prompt": "A red sports car"}, {"prompt": "A blue wave"}],
+                "webhook": {
+                    "url": "https://example.com/hooks/rcg",
+                    "events": ["task", "completed"],
+                },
+            },
+        },
+        "generate": {
+            "summary": "One generation, with your own token (read it back with it as Bearer)",
+            "value": {
+                "model_name": "flux-dev",
+                "prompt": "A lighthouse at dawn",
+                "credentials": {"replicate_api_token": "r8_your_replicate_token"},
             },
         },
     },

@@ -23,13 +23,16 @@ from service.schemas.bodies import request_body
 from service.schemas.responses import ErrorResponse
 
 ADMIN_SCHEME = "AdminApiKey"
+TOKEN_SCHEME = "ReplicateToken"  # Authorization: Bearer <a job's own Replicate token>
 
 # Who may call: the admin key is required, optional (a generation may use `credentials`
-# instead; a semaphore's detail shows whole ids with it), or never looked at.
-Auth = Literal["admin", "admin-or-credentials", "admin-optional", "none"]
+# instead; a semaphore's detail shows whole ids with it), the admin key or the caller's own
+# token as Bearer (a job), or never looked at.
+Auth = Literal["admin", "admin-or-credentials", "admin-optional", "admin-or-bearer", "none"]
 ADMIN_ONLY: Auth = "admin"
 ADMIN_OR_CREDENTIALS: Auth = "admin-or-credentials"
 ADMIN_OPTIONAL: Auth = "admin-optional"
+ADMIN_OR_BEARER: Auth = "admin-or-bearer"
 NO_AUTH: Auth = "none"
 
 _AUTH_NOTES: dict[Auth, str] = {
@@ -39,6 +42,10 @@ _AUTH_NOTES: dict[Auth, str] = {
     "header); neither is 401 unless the server sets ALLOW_ENV_FALLBACK.",
     "admin-optional": "Open to anyone; with the `X-Admin-API-Key` header it shows more (a wrong "
     "key is 401, never a quiet fall-back).",
+    "admin-or-bearer": "The job's own account, with the Replicate token it was submitted with "
+    "as `Authorization: Bearer <token>`, or the `X-Admin-API-Key` header; anyone else gets 404, "
+    "as for an unknown id. No credential is 401 (unless the server sets ALLOW_ENV_FALLBACK: then "
+    "a job submitted without credentials is readable without any).",
     "none": "",
 }
 
@@ -51,6 +58,8 @@ _MEANING: dict[int, str] = {
     409: "Conflict with the current state: the message says what to do instead",
     413: "Request body larger than MAX_BODY_BYTES",
     415: "Unsupported Content-Type (multipart); send JSON",
+    422: "The `Idempotency-Key` was already used with a different body: the message names the "
+    "key; use a new key for a new request",
     429: "A limit stayed full for the whole wait: `limit_scope` and the `X-Limit-Scope` header "
     "name it, `retry_after` and `Retry-After` say when to retry",
     500: "Unexpected error: quote `request_id` (also the X-Request-ID header)",
@@ -94,6 +103,8 @@ def security(auth: Auth) -> list[dict[str, list[str]]] | None:
         return [{ADMIN_SCHEME: []}]
     if auth in ("admin-or-credentials", "admin-optional"):
         return [{ADMIN_SCHEME: []}, {}]
+    if auth == "admin-or-bearer":
+        return [{ADMIN_SCHEME: []}, {TOKEN_SCHEME: []}]
     return None
 
 
@@ -124,9 +135,11 @@ def operation(*, body: str | None = None, auth: Auth = NO_AUTH) -> dict[str, Any
 __all__ = [
     "ADMIN_ONLY",
     "ADMIN_OPTIONAL",
+    "ADMIN_OR_BEARER",
     "ADMIN_OR_CREDENTIALS",
     "ADMIN_SCHEME",
     "NO_AUTH",
+    "TOKEN_SCHEME",
     "Auth",
     "error_meaning",
     "errors",

@@ -499,6 +499,91 @@ async def test_webhooks_are_signed_retried_and_delivered_once_per_id(
     assert deliveries[f"msg_{job['id']}_completed"]["attempts"] >= 2
 
 
+async def until_accepted(receiver: Receiver, expected: set[str], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while set(receiver.accepted) != expected:
+        assert time.monotonic() < deadline, (receiver.attempts, expected)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_job_that_ended_before_its_webhook_was_queued_still_sends_it(
+    make_api: MakeApi, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis fails (or the replica dies) between a job's end and its webhook being queued: the
+    job's queue entry is not acknowledged, and the runner that claims it queues the webhook.
+    A job canceled while queued ends without a runner: its webhook is queued by the cancel."""
+    from service.errors import Unavailable
+    from tests.fixtures.threaded_server import serve_in_thread
+
+    receiver = Receiver()
+    receiver.down = False
+    with serve_in_thread(receiver.app(), name="webhook-receiver") as url:
+        async with replicas(
+            make_api, 1, webhook_secret=WEBHOOK_SECRET, webhook_allow_private=True
+        ) as (api,):
+            jobs = api.app.state.jobs
+            enqueue = jobs.webhooks.enqueue
+            failed: list[str] = []
+
+            async def fails_once(job_id: str, event: str, *args: Any) -> None:
+                if event == "completed" and not failed:
+                    failed.append(job_id)
+                    raise Unavailable("Coordination store (Redis) is unreachable (injected)")
+                await enqueue(job_id, event, *args)
+
+            monkeypatch.setattr(jobs.webhooks, "enqueue", fails_once)
+            hook = {"url": f"{url}/hook"}
+            job = (await api.post("/jobs", json=flux(webhook=hook), headers=ADMIN)).json()
+            await wait_job(api, job["id"], ADMIN, until=("succeeded",))
+            await until_accepted(receiver, {f"msg_{job['id']}_completed"})
+            await jobs.runner.close()  # no runner: the next job stays queued
+            queued = (await api.post("/jobs", json=flux(webhook=hook), headers=ADMIN)).json()
+            canceled = await api.post(f"/jobs/{queued['id']}/cancel", headers=ADMIN)
+            assert canceled.json()["status"] == "canceled"
+            await until_accepted(
+                receiver, {f"msg_{job['id']}_completed", f"msg_{queued['id']}_completed"}
+            )
+    assert failed == [job["id"]]
+    assert receiver.accepted[f"msg_{job['id']}_completed"]["data"]["status"] == "succeeded"
+    assert receiver.accepted[f"msg_{queued['id']}_completed"]["data"]["status"] == "canceled"
+    assert len(receiver.attempts) == 2  # each sent once
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen("rcg:{jobs}:queue") == 0  # acknowledged once the webhook was queued
+    finally:
+        client.close()
+
+
+async def test_a_delivery_is_queued_once_even_after_it_was_delivered(
+    make_api: MakeApi, redis_url: str
+) -> None:
+    from tests.fixtures.threaded_server import serve_in_thread
+
+    receiver = Receiver()
+    receiver.down = False
+    with serve_in_thread(receiver.app(), name="webhook-receiver") as url:
+        async with replicas(
+            make_api, 1, webhook_secret=WEBHOOK_SECRET, webhook_allow_private=True
+        ) as (api,):
+            sender = api.app.state.jobs.webhooks
+            await sender.enqueue("j" * 32, "completed", f"{url}/hook", {"n": 1})
+            deadline = time.monotonic() + 10
+            while sender.delivered < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            # A runner that resumed the job queues it again: nothing is sent twice.
+            await sender.enqueue("j" * 32, "completed", f"{url}/hook", {"n": 2})
+            await asyncio.sleep(1.0)  # a few sender polls
+    assert receiver.attempts == [f"msg_{'j' * 32}_completed"]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        tombstone = client.hgetall(f"rcg:{{hooks}}:d:msg_{'j' * 32}_completed")
+        assert b"body" not in tombstone and tombstone[b"job"] == b"j" * 32
+        assert 0 < client.pttl(f"rcg:{{hooks}}:d:msg_{'j' * 32}_completed") <= 3_600_000
+    finally:
+        client.close()
+
+
 async def test_webhook_targets_must_be_public_https(make_api: MakeApi) -> None:
     async with replicas(make_api, 1, webhook_secret=WEBHOOK_SECRET) as (api,):
         for url in (

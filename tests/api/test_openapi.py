@@ -23,6 +23,7 @@ from service.app import create_app
 from service.config import SEMAPHORE_ID_PATTERN
 from service.schemas import MODELS, parse_batch, parse_generate
 from service.schemas.bodies import EXAMPLES
+from service.schemas.job_responses import Job
 from service.schemas.requests import BATCH_SERVICE_KEYS, GENERATE_SERVICE_KEYS
 from service.schemas.responses import (
     BatchResponse,
@@ -37,7 +38,7 @@ from tests.api.conftest import ADMIN, settings_for
 ERROR_REF = "#/components/schemas/ErrorResponse"
 
 # (method, path) → (request body component or None, success status, response component,
-# error statuses). The routes of this service; others (the OpenAI-compatible API, jobs) are
+# error statuses). The routes of this service; others (the OpenAI-compatible API) are
 # covered by the generic tests below.
 ROUTES: dict[tuple[str, str], tuple[str | None, str, str, set[int]]] = {
     ("POST", "/generate"): (
@@ -51,6 +52,20 @@ ROUTES: dict[tuple[str, str], tuple[str | None, str, str, set[int]]] = {
         "200",
         "BatchResponse",
         {400, 401, 404, 413, 415, 503},
+    ),
+    ("POST", "/jobs"): (
+        "JobRequest",
+        "202",
+        "Job",
+        {400, 401, 404, 409, 413, 415, 422, 503},
+    ),
+    ("GET", "/jobs/{job_id}"): (None, "200", "Job", {401, 404, 503}),
+    ("POST", "/jobs/{job_id}/cancel"): (None, "200", "Job", {401, 404, 409, 503}),
+    ("POST", "/replicate/webhook"): (
+        None,
+        "200",
+        "ReplicateWebhookReceived",
+        {400, 401, 404, 409, 413, 503},
     ),
     ("GET", "/global-semaphores"): (None, "200", "SemaphoreList", {503}),
     ("POST", "/global-semaphores"): (
@@ -179,7 +194,9 @@ async def test_every_route_is_in_the_document(app: FastAPI, document: dict[str, 
         statuses = {int(s) for s in operation["responses"]}
         assert any(200 <= s < 300 for s in statuses), (method, path)
         assert 500 in statuses, (method, path)  # service.app.InternalErrors
-        assert 422 not in statuses, (method, path)  # parameter problems are 400
+        if 422 in statuses:  # never FastAPI's (parameter problems are 400): only the envelope
+            envelope = operation["responses"]["422"]["content"]["application/json"]["schema"]
+            assert envelope == {"$ref": ERROR_REF}, (method, path)
         assert operation.get("summary"), (method, path)
 
 
@@ -243,6 +260,29 @@ async def test_answers_that_are_not_json_say_what_they_are(document: dict[str, A
     assert asset["404"]["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}
     metrics = _operation(document, "GET", "/metrics")["responses"]["200"]["content"]
     assert set(metrics) == {"text/plain"}
+
+
+async def test_jobs_are_documented_with_their_answers_and_auth(document: dict[str, Any]) -> None:
+    accepted = _operation(document, "POST", "/generate-batch")["responses"]["202"]
+    assert accepted["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Job"}
+    assert "Location" in accepted["headers"]
+    prefer = _operation(document, "POST", "/generate-batch")["parameters"]
+    assert [p["name"] for p in prefer] == ["Prefer"]
+    submit = _operation(document, "POST", "/jobs")
+    assert [p["name"] for p in submit["parameters"]] == ["Idempotency-Key"]
+    assert "Idempotency-Key" in submit["responses"]["422"]["description"]
+    cancel = _operation(document, "POST", "/jobs/{job_id}/cancel")["responses"]["202"]
+    assert cancel["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Job"}
+    events = _operation(document, "GET", "/jobs/{job_id}/events")["responses"]
+    assert set(events["200"]["content"]) == {"text/event-stream"}
+    assert {"400", "401", "404"} <= set(events)
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["ReplicateToken"] == {**schemes["ReplicateToken"], "scheme": "bearer"}
+    for path in ("/jobs/{job_id}", "/jobs/{job_id}/events"):
+        operation = _operation(document, "GET", path)
+        assert operation["security"] == [{"AdminApiKey": []}, {"ReplicateToken": []}]
+        [job_id] = [p for p in operation["parameters"] if p["name"] == "job_id"]
+        assert re.fullmatch(job_id["schema"]["pattern"], "x3kq7mfa2vbn6wz4hyc5tjrdspelqsgu")
 
 
 # -- the bodies are the validating models -------------------------------------------------------
@@ -309,7 +349,8 @@ def test_generation_examples_pass_the_service_own_validation() -> None:
 
 
 @pytest.mark.parametrize(
-    "model", [GenerateResponse, BatchResponse, ErrorResponse, Health, SemaphoreDetail, LeaseGranted]
+    "model",
+    [GenerateResponse, BatchResponse, ErrorResponse, Health, SemaphoreDetail, LeaseGranted, Job],
 )
 async def test_answer_examples_match_their_schema(model: Any, document: dict[str, Any]) -> None:
     validator = _validator(document, model.__name__)

@@ -19,9 +19,11 @@ from service.coordination import (
     SemaphoreNotFound,
     SemaphoreView,
 )
+from service.coordination.coordinator import ACCOUNT_WINDOW_S
+from service.coordination.window import WINDOW_S
 
 from . import render
-from .parser import env_int
+from .parser import env_int, env_seconds
 from .readers import WindowReport, read_window, scan_accounts
 
 
@@ -62,7 +64,14 @@ async def _maybe_view(
 
 
 def _window(ctx: Context, scope: str, limit: int) -> Awaitable[WindowReport]:
-    return read_window(ctx.coordinator.client, ctx.coordinator.keyspace, scope, limit)
+    # An account's creation window is ACCOUNT_WINDOW_SECONDS long, as the service reads it;
+    # its poll budget's window is the library's 60 s.
+    window_s = (
+        env_seconds("ACCOUNT_WINDOW_SECONDS", ACCOUNT_WINDOW_S)
+        if scope.startswith(f"{ACCOUNT}:")
+        else WINDOW_S
+    )
+    return read_window(ctx.coordinator.client, ctx.coordinator.keyspace, scope, limit, window_s)
 
 
 async def list_semaphores(ctx: Context, args: argparse.Namespace) -> int:

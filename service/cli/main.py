@@ -74,7 +74,7 @@ async def run(args: argparse.Namespace, conn: Connection) -> int:
         return _fail(f"{exc} at {redacted(conn.redis_url)}{cause}", UNREACHABLE)
     except (SemaphoreNotFound, SemaphoreExists, Refused) as exc:
         return _fail(str(exc), REFUSED)
-    except InvalidLimit as exc:
+    except (InvalidLimit, UsageError) as exc:  # UsageError: a setting read by the command
         return _fail(str(exc), USAGE)
     except redis_exceptions.InvalidResponse as exc:  # something that does not speak Redis
         return _fail(f"no Redis at {redacted(conn.redis_url)}: {exc}", UNREACHABLE)

@@ -177,6 +177,19 @@ def env_int(name: str, default: int) -> int:
         raise UsageError(f"{name}: {exc}") from None
 
 
+def env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"{name}: must be a positive number of seconds (got {text!r})")
+    return value
+
+
 def connection(args: argparse.Namespace) -> Connection:
     url = args.redis_url or os.environ.get("REDIS_URL", "").strip()
     if not url and os.environ.get("REDIS_SENTINELS", "").strip():

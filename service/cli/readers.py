@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from service.coordination import ACCOUNT, KeySpace
-from service.coordination.coordinator import ACCOUNT_WINDOW_S
 from service.coordination.redis_errors import guarded
-from service.coordination.window import WINDOW_S
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -41,13 +39,12 @@ async def server_now_ms(client: aioredis.Redis) -> int:
 
 
 async def read_window(
-    client: aioredis.Redis, keyspace: KeySpace, scope: str, limit: int
+    client: aioredis.Redis, keyspace: KeySpace, scope: str, limit: int, window_s: float
 ) -> WindowReport:
     """Mirrors take_from_window (redis_scripts/lib/common.lua): an entry counts while its
     score > now - window, and when full the next slot frees 1 ms after the entry at rank
     (count - limit) leaves the window."""
     key = keyspace.window(scope)
-    window_s = ACCOUNT_WINDOW_S if scope.startswith("acct:") else WINDOW_S
     window_ms = int(window_s * 1000)
     now = await server_now_ms(client)
     low = f"({now - window_ms}"

@@ -274,6 +274,11 @@ async def test_window_shows_admissions_next_free_slot_and_the_account_semaphore(
     assert text.code == 0
     assert "creations: 3 in the last 61s, limit 10" in text.out and "7 free now" in text.out
     assert lease.lease_id in text.out and "generate sdxl" in text.out
+    # The window is as long as the service's setting says (ACCOUNT_WINDOW_SECONDS).
+    short = await cli(redis_url, "window", FP, env={"ACCOUNT_WINDOW_SECONDS": "5"})
+    assert "in the last 5s" in short.out, short.out
+    bad = await cli(redis_url, "window", FP, env={"ACCOUNT_WINDOW_SECONDS": "soon"})
+    assert bad.code == 2 and "ACCOUNT_WINDOW_SECONDS" in bad.err
 
     unknown = (await cli(redis_url, "window", "ffffffffffffffff", "--json")).json()
     assert unknown["creations"]["admissions"] == 0 and unknown["concurrency"] is None

@@ -160,6 +160,8 @@ async def dashboard_data(request: Request) -> JSONResponse:
             "semaphores": [_semaphore(view, now) for view in views],
             "truncated": truncated,
             "setup": _setup(found),
+            # Durable jobs by status (newest 5000, all replicas; read every 5 s by the runner).
+            "jobs": _jobs_counts(request),
         },
         headers=_NO_STORE,
     )
@@ -181,6 +183,12 @@ async def dashboard_history(request: Request) -> JSONResponse:
     except (TimeoutError, CoordinationError):
         return JSONResponse({"redis": {"reachable": False}}, headers=_NO_STORE)
     return JSONResponse({"redis": {"reachable": True}, **_history(history)}, headers=_NO_STORE)
+
+
+def _jobs_counts(request: Request) -> dict[str, int] | None:
+    jobs = getattr(request.app.state, "jobs", None)
+    counts = getattr(jobs, "counts", None)
+    return dict(counts) if isinstance(counts, dict) else None
 
 
 # -- accounts ---------------------------------------------------------------------------------

@@ -430,6 +430,7 @@ class DashboardData(BaseModel):
     redis: RedisStatus
     semaphores: list[dict[str, Any]]
     truncated: bool
+    jobs: dict[str, int] | None = None  # durable jobs by status (newest 5000, all replicas)
 
 
 class DashboardHistory(BaseModel):

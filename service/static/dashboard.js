@@ -188,6 +188,11 @@ function render(data) {
   $("s-count").textContent = sems.length + (data.truncated ? "+" : "");
   $("s-used").textContent = sum(sems, (s) => s.in_use) + " / " + sum(sems, (s) => s.limit);
   $("s-wait").textContent = sum(sems, (s) => s.waiting) + sum(accounts, (a) => a.waiting);
+  const jobs = data.jobs || {};
+  const ended = (jobs.succeeded || 0) + (jobs.failed || 0) + (jobs.canceled || 0);
+  $("s-jobs").textContent = data.jobs
+    ? `${jobs.queued || 0} · ${jobs.running || 0} · ${ended}` : "–";
+  $("s-jobs").title = data.jobs ? Object.entries(jobs).map(([k, v]) => `${k}: ${v}`).join(", ") : "";
   $("accounts").replaceChildren(accountsTable(accounts));
   grid.replaceChildren(...(sems.length ? sems.map(card) : [emptyState(data.setup)]));
 }

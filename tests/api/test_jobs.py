@@ -722,3 +722,14 @@ async def test_a_tampered_or_replayed_replicate_webhook_is_refused(
         await api.post(f"/jobs/{job['id']}/cancel", headers=ADMIN)
     async with replicas(make_api, 1) as (api,):  # no PUBLIC_BASE_URL: not served
         assert (await api.post("/replicate/webhook", content=b"{}")).status_code == 404
+
+
+async def test_the_dashboard_shows_jobs_by_status(make_api: MakeApi) -> None:
+    async with make_api(**JOB_SETTINGS) as api:
+        submitted = await api.post("/jobs", json=batch(2), headers=ADMIN)
+        job_id = submitted.json()["id"]
+        await wait_job(api, job_id, ADMIN, until=("succeeded",))
+        jobs = api.app.state.jobs
+        jobs.counts = await jobs.count_by_status()  # what the runner refreshes every 5 s
+        data = (await api.get("/dashboard/data")).json()
+    assert data["jobs"]["succeeded"] == 1 and data["jobs"]["queued"] == 0

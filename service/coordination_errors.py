@@ -42,6 +42,7 @@ class Context:
 GENERATION = Context("External semaphore", "no generation can start")
 SEMAPHORES = Context("Semaphore", "semaphores cannot be read or changed")
 LEASES = Context("Semaphore", "leases cannot be granted, renewed or released")
+JOBS = Context("External semaphore", "jobs cannot be submitted, read or cancelled")
 
 # What each AcquireTimeout scope is called in an answer.
 _LIMIT_NAMES = {

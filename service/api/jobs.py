@@ -34,7 +34,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from service.api import services
 from service.api.body import max_json_values, read_body, read_json
 from service.api.responses import SafeJSONResponse
-from service.auth import ADMIN_HEADER, authenticate, is_admin_caller
+from service.auth import ADMIN_HEADER, authenticate, is_admin_caller, is_admin_key
 from service.errors import (
     BadRequest,
     Conflict,
@@ -176,6 +176,12 @@ def reader_of(request: Request) -> Reader:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() not in ("bearer", "token") or not token.strip():
             raise Unauthorized("Invalid Authorization header: expected 'Bearer <token>'")
+        if is_admin_key(settings, token.strip()):
+            # The admin key as a bearer: a 404 would read as a lost job.
+            raise Unauthorized(
+                f"The admin key goes in the '{ADMIN_HEADER}' header; 'Authorization: Bearer' "
+                "takes the Replicate API token the job was submitted with"
+            )
         return Reader(token_digest=owner_digest(token.strip()))
     if settings.allow_env_fallback:
         return Reader(anonymous_env=True)
@@ -248,7 +254,7 @@ async def job_events(request: Request, job_id: str) -> EventSourceResponse:
     jobs = jobs_of(request)
     record = await jobs.get(job_id, reader_of(request))
     after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not _EVENT_ID_RE.fullmatch(after):
+    if not _EVENT_ID_RE.fullmatch(after) or any(int(part) >= 2**64 for part in after.split("-")):
         raise BadRequest("Invalid Last-Event-ID: expected an id this stream sent (like 1700-0)")
     ping_s = float(getattr(request.app.state, "sse_ping_seconds", SSE_PING_S))
 

@@ -80,8 +80,8 @@ class ReplicateWebhooks:
                 return Webhook(secret).verify(body, headers)
             except WebhookVerificationError as exc:
                 reason = str(exc)
-            except ValueError:  # not JSON
-                reason = "body is not JSON"
+            except ValueError as exc:  # a signature that is not base64, or a body not JSON
+                reason = f"malformed signature or body ({exc})"
             if reason != "No matching signature found":
                 break  # missing headers or a stale timestamp: a new secret will not help
         raise Unauthorized(f"Invalid Replicate webhook: {reason}")

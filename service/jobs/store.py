@@ -42,7 +42,7 @@ from redis.exceptions import ResponseError
 
 from service.coordination import CoordinationUnavailable
 from service.coordination.redis_errors import guarded
-from service.coordination_errors import unavailable
+from service.coordination_errors import JOBS, unavailable
 from service.errors import ServiceError
 from service.jobs.models import JobSpec, TaskState, Webhook
 
@@ -133,7 +133,7 @@ async def _call(operation: Awaitable[T]) -> T:
     try:
         return await guarded(operation)
     except CoordinationUnavailable as exc:
-        raise unavailable(exc) from exc
+        raise unavailable(exc, JOBS) from exc
 
 
 def _text(value: Any) -> str:

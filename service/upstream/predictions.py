@@ -114,6 +114,7 @@ class PredictionRun:
         self._before_create = before_create
         self._before_poll = before_poll
         self._on_created = on_created
+        self._announced = False  # on_created called with the id
         self._deadline = tuning.clock() + tuning.prediction_timeout_s
         self._interval_s = tuning.poll_interval_s
         self._account = account
@@ -123,8 +124,7 @@ class PredictionRun:
     async def execute(self) -> PredictionResult:
         try:
             snapshot = await self._create()
-            if self._on_created is not None:
-                await self._on_created(snapshot.prediction_id)
+            await self._announce()
             while not snapshot.terminal:
                 snapshot = await self._poll()
             return to_result(snapshot)
@@ -163,21 +163,41 @@ class PredictionRun:
             raise
         return to_result(snapshot)
 
+    async def _announce(self) -> None:
+        """Tell on_created the prediction's id, once."""
+        if self._announced or self.prediction_id is None or self._on_created is None:
+            return
+        self._announced = True
+        await self._on_created(self.prediction_id)
+
     async def _interrupted(self, exc: BaseException) -> None:
         """The run ends early: its prediction, if still running, is cancelled — unless whoever
-        started the run continues it elsewhere (`keep_running`)."""
+        started the run continues it elsewhere (`keep_running`). Each step is bounded and
+        finished even if we are cancelled again meanwhile (that cancellation is re-raised at
+        the end): a cancel that a second cancellation cut short would leave the prediction
+        running outside every limit."""
         if self.prediction_id is None or self.terminal:
             return
+        # A create answered in the instant we were interrupted: its id is still news to the
+        # caller (a durable job records it, cancelled or left running alike).
+        told = await settle(asyncio.ensure_future(self._announce()), KEEP_RUNNING_ASK_S)
+        if told.error is not None:
+            self._log(
+                logging.WARNING, "on_created failed after an interruption", error=repr(told.error)
+            )
+        interrupted = told.interrupted
+        keep = False
         if self._keep_running is not None:
-            try:
-                keep = await asyncio.wait_for(self._keep_running(), KEEP_RUNNING_ASK_S)
-            except Exception as error:
-                self._log(logging.WARNING, "keep-running check failed", error=repr(error))
-                keep = False
-            if keep:
-                self._log(logging.INFO, "run interrupted: prediction left running")
-                return
-        await self._cancel(reason=type(exc).__name__)
+            asked = await settle(asyncio.ensure_future(self._keep_running()), KEEP_RUNNING_ASK_S)
+            if asked.error is not None or not asked.finished:
+                self._log(logging.WARNING, "keep-running check failed", error=repr(asked.error))
+            keep, interrupted = asked.result is True, interrupted or asked.interrupted
+        if keep:
+            self._log(logging.INFO, "run interrupted: prediction left running")
+        else:
+            await self._cancel(reason=type(exc).__name__)
+        if interrupted:
+            raise asyncio.CancelledError
 
     # -- create ---------------------------------------------------------------------------
 

@@ -733,3 +733,35 @@ async def test_the_dashboard_shows_jobs_by_status(make_api: MakeApi) -> None:
         jobs.counts = await jobs.count_by_status()  # what the runner refreshes every 5 s
         data = (await api.get("/dashboard/data")).json()
     assert data["jobs"]["succeeded"] == 1 and data["jobs"]["queued"] == 0
+
+
+async def test_hostile_follow_and_read_headers_are_4xx(make_api: MakeApi) -> None:
+    """A Last-Event-ID past a stream id's range is a 400 before the stream starts (it was a 200
+    then a broken stream); the admin key sent as a bearer says where it goes (it was a 404)."""
+    async with make_api(**JOB_SETTINGS) as api:
+        job_id = (await api.post("/jobs", json=batch(1), headers=ADMIN)).json()["id"]
+        for last in ("18446744073709551616-0", "1-99999999999999999999", "99999999999999999999"):
+            response = await api.get(
+                f"/jobs/{job_id}/events", headers={**ADMIN, "Last-Event-ID": last}
+            )
+            assert response.status_code == 400, (last, response.text)
+            assert "Last-Event-ID" in response.json()["error"]
+        admin_key = ADMIN[next(iter(ADMIN))]
+        response = await api.get(f"/jobs/{job_id}", headers=bearer(admin_key))
+        assert response.status_code == 401 and "X-Admin-API-Key" in response.json()["error"]
+
+
+async def test_a_canceled_task_keeps_the_id_of_its_prediction(
+    make_api: MakeApi, simulator: SimulatorHandle
+) -> None:
+    """Cancelled while its create was under way: the prediction was created (and cancelled
+    upstream), and the task says which one."""
+    simulator.configure(latency_s=5.0)
+    async with make_api(**JOB_SETTINGS) as api:
+        job_id = (await api.post("/jobs", json=batch(2), headers=ADMIN)).json()["id"]
+        await asyncio.sleep(0.3)
+        await api.post(f"/jobs/{job_id}/cancel", headers=ADMIN)
+        job = await wait_job(api, job_id, ADMIN, until=("canceled",))
+    created = set((await simulator.atoken_stats(SERVER_TOKEN))["prediction_ids"])
+    ids = {t["prediction_id"] for t in job["tasks"]}
+    assert ids <= created and None not in ids, (ids, created)

@@ -57,13 +57,15 @@ def lua_commands(*sources: str) -> frozenset[str]:
 
 
 # What runs inside Lua, per implementation. A command both sent by a client and called from Lua
-# would be counted as in-Lua: for service.coordination that is PTTL, which the renewer's epoch
-# check sends once per lease TTL / 3 per process (negligible here).
+# would be counted as in-Lua: for service.coordination that is INFO, which the scripts read the
+# node's identity with, and which each process also sends once per lease TTL / 3 per node to
+# note the nodes (negligible here).
 LUA_COMMANDS = {
     "coord": lua_commands(*(script_source(name) for name in Scripts.NAMES)),
     "naive": lua_commands(ACQUIRE_LUA),
     "local": frozenset(),
 }
+LUA_COMMANDS["cluster"] = LUA_COMMANDS["coord"]  # the same library, on a Redis Cluster
 
 
 @dataclass(frozen=True)
@@ -72,27 +74,38 @@ class ServerCounters:
 
     Redis 7 counts the commands a script runs (redis.call) in commandstats as well, so the total
     is split: `client` = commands that arrived over a connection (EVALSHA, ZREM, SET, PING, ...),
-    `in_lua` = commands whose name only ever appears inside the Lua scripts. INFO is left out.
+    `in_lua` = commands whose name only ever appears inside the Lua scripts. The two INFO calls
+    of each reading (commandstats, cpu) are taken out of the difference of two readings.
+    `reads`: how many nodes' readings this sums (a Cluster's primaries).
     """
 
     calls: dict[str, int]
     cpu_s: float
+    reads: int = 1
 
     @classmethod
     def read(cls, client: redis.Redis) -> ServerCounters:
         stats = client.info("commandstats")
-        calls = {
-            key.removeprefix("cmdstat_"): int(value["calls"])
-            for key, value in stats.items()
-            if key != "cmdstat_info"
-        }
+        calls = {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in stats.items()}
         cpu = client.info("cpu")
         return cls(calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]))
+
+    @classmethod
+    def read_all(cls, clients: list[redis.Redis]) -> ServerCounters:
+        """The sum over several nodes (a Cluster's primaries)."""
+        total = cls({}, 0.0, 0)
+        for client in clients:
+            total = total.plus(cls.read(client))
+        return total
 
     def minus(self, before: ServerCounters) -> ServerCounters:
         names = set(self.calls) | set(before.calls)
         delta = {n: self.calls.get(n, 0) - before.calls.get(n, 0) for n in names}
-        return ServerCounters({n: d for n, d in delta.items() if d}, self.cpu_s - before.cpu_s)
+        # The earlier reading's own INFO calls (commandstats counts a command once it ran).
+        delta["info"] = delta.get("info", 0) - 2 * before.reads
+        return ServerCounters(
+            {n: d for n, d in delta.items() if d}, self.cpu_s - before.cpu_s, self.reads
+        )
 
     def client(self, impl: str) -> int:
         lua = LUA_COMMANDS[impl]
@@ -111,4 +124,5 @@ class ServerCounters:
         return ServerCounters(
             {n: self.calls.get(n, 0) + other.calls.get(n, 0) for n in names},
             self.cpu_s + other.cpu_s,
+            self.reads + other.reads,
         )

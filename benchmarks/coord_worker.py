@@ -153,6 +153,7 @@ async def coord_mode(args: argparse.Namespace) -> None:
             replica_id=args.tag,
             lease_ttl_s=args.lease_ttl,
             queue_entry_ttl_s=args.queue_ttl,
+            cluster=args.cluster,
         )
     )
     if args.trace:
@@ -204,6 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--url", default="")
+    parser.add_argument("--cluster", action="store_true", help="coord: --url names a Cluster node")
     parser.add_argument("--semaphore", default="bench")
     parser.add_argument("--limit", type=int, default=4, help="naive/local only")
     parser.add_argument("--tag", default="p0")

@@ -1,10 +1,12 @@
 """Benchmark of the cross-process semaphore (service.coordination) against the ideal (an
 in-process asyncio.Semaphore) and the usual hand-written Redis semaphore (sorted set + Lua,
-polled every 10 ms). Prints one table; see benchmarks/README.md for what each row means.
+polled every 10 ms), and of the same library on a Redis Cluster. Prints one table; see
+benchmarks/README.md for what each row means.
 
-    python -m benchmarks.coordination [--duration 10] [--quick]
+    python -m benchmarks.coordination [--duration 10] [--quick] [--no-cluster]
 
-Starts its own redis-server on a free loopback port and stops it at the end.
+Starts its own redis-server on a free loopback port, and a Redis Cluster (3 primaries + 3
+replicas, tests/fixtures/redis_cluster.py), and stops them at the end.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import json
 import math
 import os
 import queue
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,18 +27,21 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
 
 from benchmarks.coord_naive import NaiveSemaphore
 from benchmarks.coord_redis import PrivateRedis, ServerCounters
 from benchmarks.coord_worker import run_on_loop
 from service.coordination import AcquireTimeout, Coordinator, CoordinatorConfig
 from service.coordination.script_calls import AcquireReply, Queued, ScriptCalls
+from tests.fixtures.redis_cluster import RedisClusterNodes
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 4
@@ -47,12 +54,14 @@ QUEUE_TTL_S = 10.0
 QUEUE_SIZES = (10, 1_000, 10_000)
 LONG_QUEUE_TTL_MS = 3_600_000
 
-IMPLS = ("coord", "local", "naive")
+IMPLS = ("coord", "cluster", "local", "naive")
 IMPL_TITLES = {
     "coord": "service.coordination",
+    "cluster": "the same, on a Cluster",
     "local": "asyncio.Semaphore",
     "naive": "naive ZSET, 10ms poll",
 }
+OURS = ("coord", "cluster")  # the implementations the targets apply to
 
 
 # ------------------------------------------------------------------------------------ stats
@@ -190,8 +199,20 @@ class Worker:
         self._err.close()
 
 
+@dataclass
+class Target:
+    """Where a run's workers connect, and how its server-side counters are read."""
+
+    url: str
+    clients: list[redis.Redis]  # one per node that serves commands (a Cluster's primaries)
+    extra: tuple[str, ...] = ()  # worker arguments
+
+    def counters(self) -> ServerCounters:
+        return ServerCounters.read_all(self.clients)
+
+
 def contended_run(
-    server: PrivateRedis,
+    server: Target,
     impl: str,
     pause_ms: float,
     duration: float,
@@ -207,6 +228,7 @@ def contended_run(
         if impl != "local":
             layout = [(f"p{i}", WORKERS) for i in range(PROCESSES)]
     common = [
+        *server.extra,
         "--url",
         server.url,
         "--semaphore",
@@ -227,7 +249,7 @@ def contended_run(
     workers = [
         Worker(
             [
-                impl,
+                "coord" if impl == "cluster" else impl,
                 *common,
                 *("--tag", tag, "--workers", str(count), *extra),
                 *(("--profile", str(profile_dir / f"{tag}.prof")) if profile_dir else ()),
@@ -240,13 +262,13 @@ def contended_run(
     try:
         for w in workers:
             w.expect("READY", timeout=60)
-        before = ServerCounters.read(server.client)
+        before = server.counters()
         t0 = time.time() + 0.5
         for w in workers:
             w.send(f"GO {t0!r}")
         for w in workers:
             w.expect("DONE", timeout=duration + 60)
-        after = ServerCounters.read(server.client)
+        after = server.counters()
         outputs = [w.finish() for w in workers]
     except BaseException:
         for w in workers:
@@ -439,7 +461,8 @@ def render(
     runs: dict[tuple[str, float], RunResult], mic: MicroResult, args: argparse.Namespace
 ) -> str:
     pauses = (0.0, PAUSE_MS)
-    columns = [(impl, p) for impl in IMPLS for p in pauses]
+    impls = [impl for impl in IMPLS if (impl, 0.0) in runs]
+    columns = [(impl, p) for impl in impls for p in pauses]
 
     def metric(key: str) -> Callable[[RunResult], float]:
         return lambda r: r.metrics[key]
@@ -470,7 +493,7 @@ def render(
     ]
 
     sub = ["metric", *["hold" if p == 0 else f"+{p:.0f} ms pause" for _, p in columns]]
-    sub += ["target", "verdict (ours)"]
+    sub += ["target", "verdict (ours, both)"]
     table: list[list[str]] = []
     verdicts: list[tuple[str, bool]] = []
     for row in rows:
@@ -480,9 +503,11 @@ def render(
         for impl, p in columns:
             v = row.value(runs[(impl, p)])
             cells.append(row.fmt.format(v) if not (isinstance(v, float) and math.isnan(v)) else "-")
-            checked = impl == "coord" and row.ok is not None and isinstance(v, float | int)
+            checked = impl in OURS and row.ok is not None and isinstance(v, float | int)
             if checked and row.ok is not None and not row.ok(float(v)):
-                misses.append("hold" if p == 0 else "pause")
+                misses.append(
+                    ("" if impl == "coord" else "cluster ") + ("hold" if p == 0 else "pause")
+                )
         verdict = ""
         if row.ok is not None:
             verdict = "PASS" if not misses else "MISS " + ",".join(misses)
@@ -527,7 +552,7 @@ def render(
     )
 
     widths = [max(len(line[i]) for line in [sub, *table]) for i in range(len(sub))]
-    for k, impl in enumerate(IMPLS):  # each title spans its implementation's two columns
+    for k, impl in enumerate(impls):  # each title spans its implementation's two columns
         a, b = 1 + 2 * k, 2 + 2 * k
         widths[b] += max(0, len(IMPL_TITLES[impl]) - (widths[a] + 2 + widths[b]))
 
@@ -537,7 +562,7 @@ def render(
         return "  ".join([first, *rest]).rstrip()
 
     titles = [" " * widths[0]]
-    for k, impl in enumerate(IMPLS):
+    for k, impl in enumerate(impls):
         span = widths[1 + 2 * k] + 2 + widths[2 + 2 * k]
         titles.append(IMPL_TITLES[impl].center(span))
     out = ["  ".join(titles).rstrip()]
@@ -556,12 +581,48 @@ def render(
         f"run; lease TTL {LEASE_TTL_S:g} s, queue entry TTL {QUEUE_TTL_S:g} s; "
         f"event loop {args.loop}"
     )
+    out.append(
+        "Cluster: 3 primaries + 3 replicas on this machine; the semaphore lives on one primary, "
+        "counters summed over the primaries; '-' where a row was measured on one server only"
+    )
     if args.duration < 10:
         out.append("note: fairness / max-wait targets are defined for the 10 s run")
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------ main
+
+
+async def create_cluster_semaphores(url: str) -> None:
+    c = Coordinator(CoordinatorConfig(redis_url=url, cluster=True, replica_id="bench-main"))
+    await c.start()
+    try:
+        for pause in (0, PAUSE_MS):
+            await c.registry.create(f"bench-cluster-{int(pause)}", LIMIT)
+    finally:
+        await c.close()
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[Target]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
+    with (
+        tempfile.TemporaryDirectory(prefix="coord-bench-cluster-") as workdir,
+        RedisClusterNodes.started(binary, Path(workdir)) as cluster,
+    ):
+        client = redis.cluster.RedisCluster.from_url(cluster.url)
+        try:
+            client.set("rcg:epoch", "benchmark")  # an intact store: no start-up grace
+        finally:
+            client.close()
+        clients = [node.client(10) for node in cluster.primary_nodes()]
+        try:
+            yield Target(cluster.url, clients, ("--cluster",))
+        finally:
+            for node_client in clients:
+                node_client.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -571,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=2000, help="uncontended samples")
     parser.add_argument("--probes", type=int, default=200, help="samples per queue size")
     parser.add_argument("--json", type=Path, help="also write every metric to this file")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the Cluster column")
     parser.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
@@ -594,12 +656,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"redis {server.version()} on port {server.port}; micro-benchmarks ...", file=log)
         mic = run_on_loop(setup_and_micro(server, args.iterations, args.probes))
         runs: dict[tuple[str, float], RunResult] = {}
-        with tempfile.TemporaryDirectory(prefix="coord-bench-") as tmp:
+        single = Target(server.url, [server.client])
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="coord-bench-"))
+            cluster = None
+            if not args.no_cluster:
+                print("starting a Redis Cluster (3 primaries + 3 replicas) ...", file=log)
+                cluster = stack.enter_context(private_cluster())
+                run_on_loop(create_cluster_semaphores(cluster.url))
             for pause in (0.0, PAUSE_MS):
                 for impl in IMPLS:
+                    if impl == "cluster" and cluster is None:
+                        continue
+                    where = cluster if impl == "cluster" and cluster is not None else single
                     print(f"run {impl} pause={pause:g}ms {args.duration:g}s ...", file=log)
                     runs[(impl, pause)] = contended_run(
-                        server, impl, pause, args.duration, Path(tmp)
+                        where, impl, pause, args.duration, Path(tmp)
                     )
         load_after = os.getloadavg()
         print(render(runs, mic, args))

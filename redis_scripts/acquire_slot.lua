@@ -24,7 +24,10 @@ local grace = tonumber(ARGV[11])        -- ms of grace if this call creates the 
                                         -- a suspected data loss)
 local keys_ttl = tonumber(ARGV[12])     -- TTL (ms) of the semaphore's keys; 0 keeps them
 local channel = ARGV[13]                -- wake channel (grants go to "<channel>:<token>")
-local window_limit, window_ms, window_request_id = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
+local node_hint = ARGV[14]              -- the tag the caller last read for the node that serves
+                                        -- this semaphore (node_tag): it vouches for `grace` only
+                                        -- while that is still this node's tag
+local window_limit, window_ms, window_request_id = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
 -- Returns one shape:
 --   {status, position, retry_hint_ms, in_use, limit, orphans, expiry_ms, epoch, window_taken,
 --    window_wait_ms}
@@ -38,23 +41,34 @@ local window_limit, window_ms, window_request_id = tonumber(ARGV[14]), tonumber(
 local now = now_ms()
 
 local limit = tonumber(redis.call('HGET', META, 'limit'))
-if limit and create_limit > 0 and limit ~= create_limit then
-  -- Configured semaphores (accounts) follow the configuration of whoever acquires.
-  limit = create_limit
-  redis.call('HSET', META, 'limit', limit)
-elseif not limit then
+if limit then
+  if create_limit > 0 and limit ~= create_limit then
+    -- Configured semaphores (accounts) follow the configuration of whoever acquires.
+    limit = create_limit
+    redis.call('HSET', META, 'limit', limit)
+  end
+else
   if create_limit <= 0 then return {-1, 0, 0, 0, 0, 0, 0, '', 0, 0} end
+  -- Nothing of it is here. If this node lost it (restarted empty, or promoted without it), its
+  -- holders may still run: the caller's `grace` says how long this node may still be missing
+  -- leases, but only if the caller knows this node as it is now; one that does not may not
+  -- have seen a restart or failover yet, so the grace is a full TTL.
+  local node = node_tag()
+  if node ~= node_hint then grace = math.max(grace, ttl) end
   limit = create_limit
-  redis.call('HSET', META, 'limit', limit, 'epoch', now .. ':' .. string.sub(lease_id, 1, 12),
-    'created_ms', now, 'grace_until', now + grace)
+  redis.call('HSET', META, 'limit', limit, 'epoch',
+    epoch_on(now, string.sub(lease_id, 1, 12), node), 'created_ms', now,
+    'grace_until', now + grace, 'node', node)
 end
+note_ttl(ttl)
 if keys_ttl > 0 then redis.call('PEXPIRE', META, keys_ttl) end
-local epoch = redis.call('HGET', META, 'epoch')
 
 -- Slots freed by expiry (or a raised limit) go to the queue heads first, this caller included
--- if it is one of them.
+-- if it is one of them. (free_slots also makes sure the node did not change: a semaphore on a
+-- restarted or promoted node opens a grace instead of admitting anyone.)
 purge(now, 64)
-local _, free = grant_heads(now, channel, lease_id, '')
+grant_heads(now, channel, lease_id, '')
+local free = free_slots(now)
 
 local held = redis.call('ZSCORE', HOLDERS, lease_id)
 local in_use = redis.call('ZCARD', HOLDERS)
@@ -94,6 +108,7 @@ if admitted then
     for _, key in ipairs({HOLDERS, INFO, PINS}) do keep_for(key, pin_ms + ttl) end
   end
   local orphans = redis.call('ZCARD', ORPHANS)
+  local epoch = redis.call('HGET', META, 'epoch')
   local taken, wait_ms = 0, 0
   if WINDOW then
     local entry = take_from_window(WINDOW, window_limit, window_ms, window_request_id, now)

@@ -17,6 +17,7 @@ if redis.call('HGET', META, 'limit') then
   grant_heads(now, channel, nil, '')
   return 2
 end
-redis.call('HSET', META, 'limit', limit, 'epoch', now .. ':create', 'created_ms', now,
-  'grace_until', now + grace)
+local node = node_tag()
+redis.call('HSET', META, 'limit', limit, 'epoch', epoch_on(now, 'create', node),
+  'created_ms', now, 'grace_until', now + grace, 'node', node)
 return 1

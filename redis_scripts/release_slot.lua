@@ -35,6 +35,6 @@ if outcome > 0 then
   if counter ~= '' then redis.call('HINCRBY', STATS, counter, 1) end
   purge(now, 64)
   local _
-  _, _, message = grant_heads(now, channel, nil, local_token)
+  _, message = grant_heads(now, channel, nil, local_token)
 end
 return {outcome, message}

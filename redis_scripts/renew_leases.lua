@@ -1,18 +1,23 @@
 -- uses: common semaphore
 -- Renew every lease one replica holds on one semaphore, in one call.
 -- A lease that expired is lost: it is removed and reported, never silently re-added. The one
--- exception is a Redis restart that lost data: the semaphore comes back with a new epoch and a
--- grace period, and a holder whose lease belongs to an older epoch re-asserts it.
+-- exception is a node that lost data (restarted, or a replica promoted without the last
+-- writes: check_node): the semaphore gets a new epoch and a grace period, or comes back with
+-- them if it is gone, and a holder whose lease belongs to an older epoch re-asserts it.
 --
 -- KEYS: the semaphore's nine keys (lib/semaphore.lua)
 -- ARGV:
 local ttl = tonumber(ARGV[1])             -- lease TTL, ms
 local recreate_limit = tonumber(ARGV[2])  -- limit to re-create the semaphore with if its data
-                                          -- is gone (0: do not re-create: it was deleted)
+                                          -- is gone (0: never re-create)
 local grace = tonumber(ARGV[3])           -- ms of grace when re-creating
 local keys_ttl = tonumber(ARGV[4])        -- TTL (ms) of the semaphore's keys; 0 keeps them
-local FIRST_LEASE = 5                     -- ARGV[5..]: triples of lease id, the epoch it was
-                                          -- acquired in, holder JSON (to re-assert it)
+local recreate_always = ARGV[5] == '1'    -- '1': re-create a missing semaphore (the caller
+                                          -- suspects a loss); '0': only if a lease's epoch began
+                                          -- on another node than this one (not a delete)
+local FIRST_LEASE = 6                     -- ARGV[6..]: triples of lease id, the epoch it was
+                                          -- last confirmed in ('' never re-asserts it: its holder
+                                          -- no longer trusts it), holder JSON (to re-assert it)
 -- Returns: {expiry_ms, epoch, code_1, code_2, ...} with code 1 renewed, 2 re-asserted, and for a
 --          lost lease why: 0 it expired before this renewal, 3 the semaphore was deleted,
 --          4 it was no longer there (released by an operator, or expired and purged)
@@ -20,12 +25,25 @@ local now = now_ms()
 local expiry = now + ttl
 
 local limit = tonumber(redis.call('HGET', META, 'limit'))
-if not limit and recreate_limit > 0 then
-  redis.call('HSET', META, 'limit', recreate_limit, 'epoch', now .. ':renew',
-    'created_ms', now, 'grace_until', now + grace)
-  limit = recreate_limit
+if limit then
+  check_node(now, ttl)
+elseif recreate_limit > 0 then
+  local node = node_tag()
+  local moved = recreate_always
+  for i = FIRST_LEASE + 1, #ARGV, 3 do
+    local began_on = string.match(ARGV[i], '@(%x*)$')
+    if began_on and began_on ~= node then moved = true end
+  end
+  if moved then
+    redis.call('HSET', META, 'limit', recreate_limit, 'epoch', epoch_on(now, 'renew', node),
+      'created_ms', now, 'grace_until', now + grace, 'node', node)
+    limit = recreate_limit
+  end
 end
-if limit and keys_ttl > 0 then redis.call('PEXPIRE', META, keys_ttl) end
+if limit then
+  note_ttl(ttl)
+  if keys_ttl > 0 then redis.call('PEXPIRE', META, keys_ttl) end
+end
 local epoch = redis.call('HGET', META, 'epoch') or ''
 local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
 
@@ -42,7 +60,8 @@ for i = FIRST_LEASE, #ARGV, 3 do
     redis.call('ZADD', HOLDERS, 'XX', expiry, id)
     redis.call('ZREM', ORPHANS, id)
     code = 1
-  elseif limit and not score and acquired_epoch ~= epoch and now < grace_until then
+  elseif limit and not score and acquired_epoch ~= epoch and acquired_epoch ~= ''
+    and now < grace_until then
     redis.call('ZADD', HOLDERS, expiry, id)
     redis.call('HSET', INFO, id, holder_json)
     redis.call('HINCRBY', STATS, 'reasserted', 1)

@@ -36,6 +36,7 @@ _SECRET_VARIABLES = {
     "REPLICATE_API_TOKEN",
     "CONCURRENT_DOCKER_ADMIN_API_KEY",
     "REDIS_URL",
+    "REDIS_SENTINEL_PASSWORD",
     "TOKEN_SEALING_KEY",
     "WEBHOOK_SECRET",
 }
@@ -92,6 +93,7 @@ def configure_logging(settings: Settings) -> None:
             settings.concurrent_docker_admin_api_key,
             settings.token_sealing_key,
             settings.webhook_secret,
+            settings.redis_sentinel_password,
         )
         if secret is not None
     ]

@@ -85,7 +85,7 @@ class Background:
 _cleanups = Background("cleanup")
 
 
-async def shielded(operation: Awaitable[T], *, what: str) -> T | None:
+async def shielded(operation: Awaitable[T], *, what: str = "cleanup") -> T | None:
     """Run cleanup to completion even if the caller is cancelled meanwhile (the caller's
     cancellation is raised at once; the cleanup goes on). A failure is logged with `what` and
     answered None: a slot that cannot be released now expires with its lease."""

@@ -1,24 +1,26 @@
 """The data-loss grace, made visible: one log line at start, and answers that say so.
 
-Redis holds every lease. If it restarts empty (no AOF, a lost volume) while replicas run, the
-leases are gone but their holders still run: admitting newcomers at once would exceed every
-limit. So the coordination library holds new admissions back for one lease TTL whenever the
-store looks new or emptied, while surviving holders re-assert their leases at their next
-renewal (service/coordination/renewal.py, `check_epoch`): its `<prefix>:epoch` key was missing
-and Redis started less than one TTL ago, or the key changed under a running replica. A
-semaphore (a global one, or an account's concurrency semaphore) created while that suspicion
-lasts gets `grace_until` = its creation + LEASE_TTL_SECONDS and admits nobody before then.
+Redis holds every lease. If a node restarts empty (no AOF, a lost volume), or a failover
+promotes a replica that missed writes, while replicas run, the leases are gone but their
+holders still run: admitting newcomers at once would exceed every limit. So the coordination
+library holds new admissions on that node back until one lease TTL after it changed, while
+surviving holders re-assert their leases at their next renewal (docs/redis-ha.md, "Per-node
+loss detection"): a semaphore that finds itself on another node opens that grace itself, and
+one (a global one, or an account's concurrency semaphore) created on a node that is still
+young (`<prefix>:epoch` missing and the node started less than one TTL ago, a node identity no
+replica had seen, or the epoch changed under a running replica) gets `grace_until` = the end
+of that youth and admits nobody before then.
 
 On a brand-new deployment nothing can hold a lease yet, and the first generations wait up to
 one TTL (30 s by default) for nothing. Timeline, TTL 30 s, a new Redis volume:
 
     t=0    redis starts; t=2 a replica starts: no epoch key, Redis 2 s old → suspect until
            t=30 (the rest of Redis' first TTL); logged once by `announce`
-    t=5    the first generation: its account's semaphore is created with grace until t=35;
-           it waits, holding nothing, and is admitted at t=35: its answer carries
-           `X-Limit-Scope: grace` and `X-Limit-Grace-Waited-Seconds: 30.0`
+    t=5    the first generation: its account's semaphore is created with grace until t=30;
+           it waits, holding nothing, and is admitted at t=30: its answer carries
+           `X-Limit-Scope: grace` and `X-Limit-Grace-Waited-Seconds: 25.0`
     t=6    a lease request with timeout_s=5 times out at t=11: 429, `X-Limit-Scope: grace`,
-           `Retry-After: 24`, and a message saying why and how an operator skips it
+           `Retry-After: 19`, and a message saying why and how an operator skips it
 
 Skipping it, on a brand-new store and before the first replica starts (never on a Redis that
 restarted empty under running replicas: that is what the grace is for):
@@ -27,6 +29,7 @@ restarted empty under running replicas: that is what the grace is for):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -57,9 +60,10 @@ WAITED_HEADER = "X-Limit-Grace-Waited-Seconds"
 NOTICEABLE_S = 0.05
 
 _WHY = (
-    "Redis started less than one lease TTL ago with an empty store (or lost its data), so "
-    "replicas that held slots before may still be running: new admissions wait one lease TTL "
-    "(LEASE_TTL_SECONDS) while they re-assert their leases"
+    "Redis started less than one lease TTL ago with an empty store (or a Redis node restarted "
+    "or failed over and may have lost data), so replicas that held slots before may still be "
+    "running: new admissions wait until one lease TTL (LEASE_TTL_SECONDS) after that, while "
+    "they re-assert their leases"
 )
 
 
@@ -84,9 +88,9 @@ def announce(coordinator: Coordinator) -> float | None:
     prefix = coordinator.keyspace.prefix
     log.warning(
         "data-loss grace: %s. Each semaphore and account first used before %s admits nobody "
-        "for %g s from that first use, so the first generations wait; over by %s at the "
-        "latest. A brand-new deployment (nothing can hold a lease yet) skips it with `%s` "
-        "before its first replica starts (README: The first five minutes)",
+        "until then (%g s at most from that first use), so the first generations wait; over "
+        "by %s at the latest. A brand-new deployment (nothing can hold a lease yet) skips it "
+        "with `%s` before its first replica starts (README: The first five minutes)",
         _WHY,
         _iso(first_use_by),
         ttl_s,
@@ -113,7 +117,8 @@ class GraceWatch:
 
     Redis is asked only while this process suspects a data loss (and one TTL after, as long as
     a semaphore created then may keep its grace) and after an acquisition timed out; at any
-    other time `remaining_s` costs nothing."""
+    other time `remaining_s` costs nothing. A generation's acquisition asks only if it waits
+    (`probe`)."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
@@ -143,16 +148,17 @@ class GraceWatch:
                 left_s = max(left_s, view.grace_remaining_s)
         return left_s
 
-    async def before(self, account: str, semaphore_id: str | None) -> float:
-        """The grace left on what one prediction needs, read before it waits."""
+    def probe(self, account: str, semaphore_id: str | None) -> GraceProbe:
+        """The grace left on what one prediction needs when its acquisition starts (now), read
+        only if that acquisition is still waiting after PROBE_AFTER_S: a faster one cannot have
+        been held back noticeably, and pays nothing."""
+        return GraceProbe(self, account, semaphore_id)
+
+    async def _refresh_epoch(self) -> None:
         with contextlib.suppress(CoordinationError):
             # A data loss the renewer has not seen yet (it reads the epoch every TTL/3; this
             # reads it at most once a second): the acquisition would find it itself.
             await self._coordinator.renewer.refresh_epoch()
-        needs = [(ACCOUNT, account)]
-        if semaphore_id is not None:
-            needs.append((GLOBAL, semaphore_id))
-        return await self.remaining_s(needs)
 
     async def refusal(self, exc: AcquireTimeout) -> LimitTimeout | None:
         """The answer to a timeout the grace caused (None: the limit was simply full)."""
@@ -192,6 +198,63 @@ class GraceWatch:
         note = _current_note.get()
         if note is not None:
             note.waited_s = max(note.waited_s, held_back_s)
+
+
+def _needs(account: str, semaphore_id: str | None) -> list[tuple[str, str]]:
+    needs = [(ACCOUNT, account)]
+    if semaphore_id is not None:
+        needs.append((GLOBAL, semaphore_id))
+    return needs
+
+
+# Half the noticeable wait: a grace that ended before the probe read it held the acquisition
+# back for less than NOTICEABLE_S, unless the read itself took longer than this.
+PROBE_AFTER_S = NOTICEABLE_S / 2
+
+
+class GraceProbe:
+    """The grace left on what one acquisition needs, as it starts; read in the background only
+    once the acquisition has waited PROBE_AFTER_S (most take a millisecond: they pay one timer,
+    not a Redis round trip and an epoch check).
+
+    The grace at the start is the grace read later plus the time elapsed until that read; a
+    grace that was over by then held the acquisition back for less than NOTICEABLE_S, which
+    `GraceWatch.delayed` ignores anyway. Create it inside the running loop, right before the
+    acquisition; then `grace_s()` once it is done, or `cancel()` if it failed."""
+
+    def __init__(self, watch: GraceWatch, account: str, semaphore_id: str | None) -> None:
+        self._watch = watch
+        self._needs = _needs(account, semaphore_id)
+        self._started = time.monotonic()
+        self._task: asyncio.Task[float] | None = None
+        self._timer = asyncio.get_running_loop().call_later(PROBE_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._read())
+        self._task.add_done_callback(_retrieve)
+
+    async def _read(self) -> float:
+        await self._watch._refresh_epoch()
+        read_at = time.monotonic()
+        left_s = await self._watch.remaining_s(self._needs)
+        return left_s + (read_at - self._started) if left_s > 0 else 0.0
+
+    async def grace_s(self) -> float:
+        """The grace left at the start (0: none, or the acquisition was quick)."""
+        self._timer.cancel()
+        if self._task is None:
+            return 0.0
+        return await self._task
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _retrieve(task: asyncio.Task[float]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("data-loss grace: reading it failed", exc_info=task.exception())
 
 
 class GraceHeaders:

@@ -1,7 +1,7 @@
 -- A semaphore's keys and the steps its scripts share: purge, free slots, grant on release.
 -- Every semaphore script takes the nine keys of one semaphore, in this order
 -- (SemaphoreKeys.all in service/coordination/keys.py; docs/redis-keys.md says what each holds):
-local META = KEYS[1]     -- HASH limit, epoch, created_ms, grace_until, seq
+local META = KEYS[1]     -- HASH limit, epoch, created_ms, grace_until, seq, node, ttl_ms
 local HOLDERS = KEYS[2]  -- ZSET lease id -> expiry ms
 local INFO = KEYS[3]     -- HASH lease id -> holder JSON (operators', adopters'; never decoded here)
 local QUEUE = KEYS[4]    -- ZSET waiter id -> ticket (order of arrival)
@@ -23,6 +23,63 @@ local function with_fields(head, object)
   local first = cjson.encode(head)
   if object == '{}' then return first end
   return string.sub(first, 1, -2) .. ',' .. string.sub(object, 2)
+end
+
+-- The identity of the node this script runs on (a semaphore's keys all live on one node): the
+-- start of its run_id, new at every start of the process, and of its replication id, new at
+-- every start and whenever a replica is promoted. '' when INFO is refused (an ACL user without
+-- +info): then no node change is ever seen. docs/redis-ha.md, "Per-node loss detection".
+local function node_tag()
+  local server = redis.pcall('INFO', 'server')
+  local replication = redis.pcall('INFO', 'replication')
+  if type(server) ~= 'string' or type(replication) ~= 'string' then return '' end
+  local run_id = string.match(server, 'run_id:(%x+)')
+  local replid = string.match(replication, 'master_replid:(%x+)')
+  if not run_id or not replid then return '' end
+  return string.sub(run_id, 1, 8) .. string.sub(replid, 1, 8)
+end
+
+-- An epoch names the node it began on: "<ms>:<what>@<node tag>". A lease remembers the epoch it
+-- was last confirmed in, so a renewal that finds the semaphore gone can tell a node that lost it
+-- (the lease's node is another) from a delete (the same node).
+local function epoch_on(now, what, node)
+  return string.format('%d', now) .. ':' .. what .. '@' .. node
+end
+
+-- The lease TTL a script without one of its own uses for a grace: the longest any acquire or
+-- renewal of this semaphore asked for (30 s, the default, before any did).
+local function meta_ttl()
+  return tonumber(redis.call('HGET', META, 'ttl_ms') or '30000')
+end
+
+local function note_ttl(ttl)
+  if ttl > tonumber(redis.call('HGET', META, 'ttl_ms') or '0') then
+    redis.call('HSET', META, 'ttl_ms', ttl)
+  end
+end
+
+-- Whether this script call has compared the nodes yet (check_node runs at most once per call).
+local node_checked = false
+
+-- Call on an existing semaphore before anything is admitted, granted or re-asserted (free_slots
+-- does, and renew_leases). If its meta was last checked on another node (this one restarted,
+-- or is a replica a failover promoted), writes acknowledged there may be missing here: a
+-- lease, a grant. The semaphore then gets a new epoch and a grace of one lease TTL from now,
+-- in which nothing new is admitted while holders whose leases are missing re-assert them
+-- (renew_leases). Returns this node's tag.
+local function check_node(now, ttl)
+  node_checked = true
+  local node = node_tag()
+  local recorded = redis.call('HGET', META, 'node')
+  if recorded == node then return node end
+  if recorded then  -- (none: a meta written before nodes were recorded; recorded from now on)
+    local grace_until = math.max(tonumber(redis.call('HGET', META, 'grace_until') or '0'),
+      now + ttl)
+    redis.call('HSET', META, 'epoch', epoch_on(now, 'node', node), 'grace_until', grace_until)
+    redis.call('HINCRBY', STATS, 'node_changed', 1)
+  end
+  redis.call('HSET', META, 'node', node)
+  return node
 end
 
 local function drop_waiters(ids)
@@ -71,13 +128,23 @@ local function purge(now, batch)
   return gone
 end
 
--- Free slots now: limit minus live holders, and none while a post-restart grace runs.
+local function in_grace(now)
+  return now < tonumber(redis.call('HGET', META, 'grace_until') or '0')
+end
+
+-- Free slots now: limit minus live holders, and none while a data-loss grace runs. Before it
+-- calls a slot free, it makes sure the node did not change (check_node): a slot whose lease the
+-- node forgot looks free. So the node is compared exactly when something could be given away;
+-- a waiter's poll that finds nothing free, or a release nobody waits for, reads no INFO.
 local function free_slots(now)
   local limit = tonumber(redis.call('HGET', META, 'limit'))
-  if not limit then return 0 end
-  local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
-  if now < grace_until then return 0 end
-  return limit - redis.call('ZCARD', HOLDERS)
+  if not limit or in_grace(now) then return 0 end
+  local free = limit - redis.call('ZCARD', HOLDERS)
+  if free > 0 and not node_checked then
+    check_node(now, meta_ttl())
+    if in_grace(now) then return 0 end
+  end
+  return free
 end
 
 -- A waiter's record, decoded; nil if it has none a grant can be made from.
@@ -105,10 +172,11 @@ end
 -- `caller` (acquire_slot's own id, or nil) is granted like the others but not announced: it
 -- learns from the script's reply. So do the waiters of the process whose token is `local_token`
 -- (the releasing process, or ''): their message is returned instead of published. Returns how
--- many were granted, the free slots left, and the message kept for `local_token` ('' if none).
+-- many were granted, and the message kept for `local_token` ('' if none).
 local function grant_heads(now, channel, caller, local_token)
+  if redis.call('ZCARD', QUEUE) == 0 then return 0, '' end
   local free = free_slots(now)
-  if free <= 0 then return 0, free, '' end
+  if free <= 0 then return 0, '' end
   local granted, dead = {}, {}
   local offset = 0
   while #granted < free and #dead < 256 do
@@ -126,7 +194,7 @@ local function grant_heads(now, channel, caller, local_token)
     end
   end
   if #dead > 0 then drop_waiters(dead) end
-  if #granted == 0 then return 0, free, '' end
+  if #granted == 0 then return 0, '' end
 
   local head = 'grant ' .. string.format('%d', now) .. ' ' .. redis.call('HGET', META, 'limit')
     .. ' ' .. (redis.call('HGET', META, 'epoch') or '-')
@@ -171,5 +239,5 @@ local function grant_heads(now, channel, caller, local_token)
       redis.call('PUBLISH', target, table.concat(messages[token], ' '))
     end
   end
-  return #ids, free - #ids, kept
+  return #ids, kept
 end

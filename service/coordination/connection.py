@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, cast
+from typing import Any, TypeAlias, TypedDict
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -266,24 +266,25 @@ class BoundedSentinelConnectionPool(BoundedConnectionPool, SentinelConnectionPoo
         )
 
 
+# A command client: `redis.asyncio.Redis` for one server and for Sentinel (its pool follows the
+# primary), `redis.asyncio.RedisCluster` for a Cluster. Both offer every command the library
+# uses; a RedisCluster routes each to the node that serves its key's slot.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+
 @dataclass
 class RedisClients:
-    """The command client of one deployment, and where the wake subscription connects.
-
-    `commands` is a `redis.asyncio.Redis` for one server and for Sentinel (its pool follows
-    the primary), a `redis.asyncio.RedisCluster` for a Cluster (typed as Redis: it offers the
-    commands the library uses, each routed to the slot's node)."""
+    """The command client of one deployment, and where the wake subscription connects."""
 
     topology: RedisTopology
-    commands: aioredis.Redis
+    commands: RedisClient
     subscription: SubscriptionSource
     sentinel: Sentinel | None = None
 
     async def ping_primaries(self) -> None:
         """PING every primary: each shard of a Cluster; the primary Sentinel names."""
-        if self.topology.cluster:
-            cluster = cast(RedisCluster, self.commands)
-            await cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+        if isinstance(self.commands, RedisCluster):
+            await self.commands.ping(target_nodes=RedisCluster.PRIMARIES)
         else:
             await self.commands.ping()
 
@@ -317,7 +318,7 @@ def build_clients(
             kwargs["connection_class"] = HiredisPackingConnection
         return RedisClients(
             topology=topology,
-            commands=cast(aioredis.Redis, cluster),
+            commands=cluster,
             subscription=ClusterSubscriptionSource(cluster),
         )
     if topology.sentinels:

@@ -15,13 +15,17 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from service.aio import shielded
+
 from .connection import RedisTopology, build_clients, parse_sentinels
 from .errors import CoordinationUnavailable
 from .keys import ACCOUNT, GLOBAL, KeySpace
-from .lease import Holder, Lease, shielded
+from .lease import Holder, Lease
+from .nodes import NodeWatch
 from .redis_errors import guarded
 from .registry import SemaphoreRegistry
 from .renewal import Renewer
+from .script_calls import ScriptCalls
 from .scripts import Scripts
 from .semaphore import AcquireOptions, Orphan, Semaphores, WindowAsk
 from .wake import WakeDispatcher
@@ -98,12 +102,17 @@ class Coordinator:
             max_connections=config.max_connections,
             pool_wait_s=pool_wait_s,
         )
-        self.client = self.redis.commands
-        self.scripts = Scripts(self.client)
-        # The wake subscription connects where redis.subscription says (its source stands in
-        # for the client WakeDispatcher expects: it only passes `.connection_pool` on).
-        self._pubsub_client = cast(aioredis.Redis, self.redis.subscription)
-        self.dispatcher = WakeDispatcher(self._pubsub_client, self.keyspace.channel_pattern)
+        commands = self.redis.commands
+        # For callers outside the library (jobs, history, the CLI's readers), typed as the
+        # single-server client: they use only commands a RedisCluster offers too.
+        self.client = cast(aioredis.Redis, commands)
+        self.scripts = Scripts(commands)
+        self.dispatcher = WakeDispatcher(self.redis.subscription, self.keyspace.channel_pattern)
+        self.nodes = NodeWatch(
+            client=commands,
+            calls=ScriptCalls(self.scripts, self.keyspace),
+            lease_ttl_s=config.lease_ttl_s,
+        )
         self.semaphores = Semaphores(
             scripts=self.scripts,
             keyspace=self.keyspace,
@@ -111,18 +120,17 @@ class Coordinator:
             replica_id=config.replica_id,
             lease_ttl_s=config.lease_ttl_s,
             queue_entry_ttl_s=config.queue_entry_ttl_s,
+            nodes=self.nodes,
         )
         self.registry = SemaphoreRegistry(
-            client=self.client, scripts=self.scripts, keyspace=self.keyspace
+            client=commands, scripts=self.scripts, keyspace=self.keyspace
         )
-        self.window = SlidingWindow(
-            client=self.client, scripts=self.scripts, keyspace=self.keyspace
-        )
+        self.window = SlidingWindow(client=commands, scripts=self.scripts, keyspace=self.keyspace)
         self.renewer = Renewer(
-            client=self.client,
             scripts=self.scripts,
             keyspace=self.keyspace,
             semaphores=self.semaphores,
+            nodes=self.nodes,
             on_data_loss=self.ensure_declared,
         )
 

@@ -95,9 +95,11 @@ class KeySpace:
         return f"{self.prefix}:epoch"
 
     @property
-    def fresh(self) -> str:
-        """Exists (with a TTL) while a new or restarted Redis may be missing live leases."""
-        return f"{self.prefix}:fresh"
+    def nodes(self) -> str:
+        """HASH node tag -> when first seen (server ms; 0: trusted): how long ago each node that
+        serves semaphores restarted or was promoted. Its hash tag is the epoch key's whole name,
+        so both live in one slot (redis_scripts/note_nodes.lua)."""
+        return f"{{{self.prefix}:epoch}}:nodes"
 
     @property
     def channel_pattern(self) -> str:

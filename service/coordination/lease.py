@@ -8,7 +8,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from service.aio import Background, shielded
 
 from .script_calls import RenewCode
 
@@ -44,11 +46,9 @@ class Holder:
         }
         return json.dumps(values, separators=(",", ":"))
 
-    @property
-    def detached(self) -> bool:
-        """A lease whose client renews it itself (service.coordination.remote marks its holders
-        `remote`): this process never renews it in the background."""
-        return getattr(self, "remote", False) is True
+    # A lease whose client renews it itself (service.coordination.remote's RemoteHolder): this
+    # process never renews it in the background.
+    detached: ClassVar[bool] = False
 
 
 # Why renew_leases lost a lease, in words for its holder.
@@ -178,9 +178,7 @@ class Lease:
         for callback in self._on_lost:
             result = callback(self)
             if asyncio.iscoroutine(result):
-                task: asyncio.Task[object] = asyncio.ensure_future(result)
-                _background.add(task)
-                task.add_done_callback(_finish_background)
+                _callbacks.spawn(result)
 
     async def __aenter__(self) -> Lease:
         return self
@@ -191,27 +189,8 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await shielded(self.release())
+        await shielded(self.release(), what="releasing a lease")
 
 
-_background: set[asyncio.Task[object]] = set()
-
-
-async def shielded(operation: Awaitable[object]) -> None:
-    """Run cleanup to completion even if the caller is cancelled meanwhile; errors are swallowed
-    (a slot that cannot be released now expires with its lease)."""
-    task: asyncio.Task[object] = asyncio.ensure_future(operation)
-    _background.add(task)
-    task.add_done_callback(_finish_background)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        pass
-
-
-def _finish_background(task: asyncio.Task[object]) -> None:
-    _background.discard(task)
-    if not task.cancelled():
-        task.exception()  # mark retrieved: failures are expected while Redis is down
+# Lost-lease callbacks that are coroutines run beside the holder's work.
+_callbacks = Background("lost-lease callbacks")

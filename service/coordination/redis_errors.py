@@ -13,6 +13,7 @@ propagates unchanged.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -94,6 +95,24 @@ _TEXT_REASONS = {
     ),
 }
 
+# Where redis-py says it failed ("Error 111 connecting to 10.0.0.5:6379. ...", "Timeout reading
+# from node-a:6379"): the host and port only, never a URL, so never a password.
+_ADDRESS = re.compile(r"(?:connecting to|reading from|writing to) (\[[\w.:]+\]:\d+|[\w.:-]+:\d+)")
+# The reasons that name the server when redis-py's message does, and how.
+_LOCATED = {
+    "Redis is unreachable": "Redis is unreachable at {}",
+    "Redis did not answer in time": "Redis did not answer in time ({})",
+}
+
+
+def _located(reason: str, exc: BaseException) -> str:
+    """`reason` with the server's host:port, where redis-py's message names it (a Cluster
+    node, or the primary a Sentinel named: not necessarily the one REDIS_URL names)."""
+    template = _LOCATED.get(reason)
+    found = _ADDRESS.search(str(exc)) if template else None
+    return template.format(found.group(1)) if template and found else reason
+
+
 # Error codes redis-py's parser has no class for (its ResponseError keeps the code in front).
 _UNCLASSIFIED_CODES = {
     "BUSY": "Redis is busy running a long script",
@@ -122,7 +141,7 @@ def unavailable(exc: BaseException) -> CoordinationUnavailable | None:
                 return CoordinationUnavailable(reason, detail=detail)
     for exception_class, reason in _REASONS:
         if isinstance(exc, exception_class):
-            return CoordinationUnavailable(reason, detail=detail)
+            return CoordinationUnavailable(_located(reason, exc), detail=detail)
     if type(exc) is redis_exceptions.ResponseError:
         code_reason = _UNCLASSIFIED_CODES.get(str(exc).split(" ", 1)[0])
         if code_reason is not None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
+from .connection import RedisClient
 from .errors import InvalidLimit, SemaphoreExists, SemaphoreNotFound
 from .keys import GLOBAL, KeySpace
 from .redis_errors import guarded
@@ -56,7 +55,7 @@ def check_limit(limit: object) -> int:
 
 
 class SemaphoreRegistry:
-    def __init__(self, *, client: aioredis.Redis, scripts: Scripts, keyspace: KeySpace) -> None:
+    def __init__(self, *, client: RedisClient, scripts: Scripts, keyspace: KeySpace) -> None:
         self._client = client
         self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace

@@ -26,6 +26,7 @@ holders after a Redis data loss, which know the epoch they acquired in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .coordinator import Coordinator
 from .keys import GLOBAL
@@ -41,7 +42,8 @@ MAX_HOLDER_TEXT = 200
 class RemoteHolder(Holder):
     """What operators see about a remote lease: `replica` names the granting replica."""
 
-    remote: bool = True
+    remote: bool = True  # in its JSON: only leases so marked are renewed or released remotely
+    detached: ClassVar[bool] = True
 
 
 def remote_holder(coordinator: Coordinator, description: str = "") -> RemoteHolder:
@@ -79,7 +81,7 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
     """Extend a live remote lease by one TTL. Its new expiry (Redis ms), or None when it is lost,
     unknown, not a remote lease, or its semaphore is gone."""
     keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
-    pipe = coordinator.client.pipeline(transaction=False)
+    pipe = coordinator.redis.commands.pipeline(transaction=False)
     pipe.hget(keys.info, lease_id)
     pipe.hget(keys.meta, "epoch")
     raw_holder, epoch = await guarded(pipe.execute())
@@ -103,7 +105,7 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
 async def release_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> bool:
     """Give back a remote lease. Idempotent: True only if a live slot was freed by this call."""
     keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
-    if not _is_remote(await guarded(coordinator.client.hget(keys.info, lease_id))):
+    if not _is_remote(await guarded(coordinator.redis.commands.hget(keys.info, lease_id))):
         return False
     released = await guarded(
         _calls(coordinator).release_slot(semaphore_id, GLOBAL, lease_id=lease_id)

@@ -11,9 +11,13 @@ the renewer brings it to a full TTL soon after the grant, within TTL/10 (or a qu
 the grant has left, if sooner), in one renew_leases call per semaphore for every lease that came
 due together. Most short holds are released before then and need no call at all.
 
-Data loss is also seen through the epoch key: a random token set once; if it vanishes or
-changes, this process suspects every semaphore for one TTL (new acquisitions that recreate a
-semaphore set a grace period), and re-creates the declared semaphores.
+A data loss is seen per node: each semaphore notices in its scripts that the node serving it
+changed (a restart, a failover) and opens a grace in which its holders re-assert what the node
+forgot; `check_epoch` reads every node's tag and youth for the semaphores that are gone
+(nodes.py). The epoch key, a random token set once beside the nodes' registry, is the last
+resort: if it vanishes or changes (its node lost it, or an operator flushed Redis), this
+process suspects every semaphore for one TTL. Either way it re-creates the declared
+semaphores, with the grace their node needs.
 """
 
 from __future__ import annotations
@@ -27,16 +31,14 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
-from redis import exceptions as redis_exceptions
-
 from service.aio import stop_task
 
 from .errors import CoordinationUnavailable
 from .keys import KeySpace
 from .lease import LOST_REASONS, UNRENEWED, Lease
+from .nodes import NodeWatch
 from .redis_errors import guarded
-from .script_calls import LeaseToRenew, ScriptCalls, text
+from .script_calls import LeaseToRenew, ScriptCalls
 from .scripts import Scripts
 from .semaphore import Semaphores
 
@@ -47,16 +49,16 @@ class Renewer:
     def __init__(
         self,
         *,
-        client: aioredis.Redis,
         scripts: Scripts,
         keyspace: KeySpace,
         semaphores: Semaphores,
+        nodes: NodeWatch,
         on_data_loss: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self._client = client
         self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace
         self._semaphores = semaphores
+        self._nodes = nodes
         self._on_data_loss = on_data_loss
         self._task: asyncio.Task[None] | None = None
         self._soon_task: asyncio.Task[None] | None = None
@@ -66,6 +68,7 @@ class Renewer:
         self.epoch: str | None = None
         self.last_epoch_check = float("-inf")
         self.data_losses_seen = 0
+        self.node_changes_seen = 0
         self.lost_total = 0
         self.on_lost: list[Callable[[Lease], None]] = []
         semaphores.renew_soon = self.renew_soon
@@ -165,50 +168,36 @@ class Renewer:
                 self._soon_due = min(self._soon_due, retry)
 
     async def check_epoch(self) -> None:
-        """Notice a Redis that lost its data, or is new.
+        """Notice a node that lost data, or a store that is new (nodes.py, note_nodes.lua).
 
-        The epoch key holds a random token. When it changes, Redis lost its data while this
-        process was running: every semaphore is suspect for one TTL. When this process is the
-        one that sets it, the store is new: if Redis itself started less than one TTL ago it
-        may have restarted empty under live holders, so a `fresh` key with the rest of that TTL
-        tells every process to give re-created semaphores a grace period. (An operator who
-        starts a deployment on a new Redis can skip the wait: `SET <prefix>:epoch any`.)
+        Reads every primary's tag and uptime and notes them beside the epoch key, which holds
+        a random token. A node whose tag this process had not seen restarted or failed over:
+        the declared semaphores are ensured again (on that node they may be gone; each gets
+        the grace its node needs). When the epoch itself changes, the node that holds it lost
+        its data, or an operator emptied Redis: every semaphore is suspect for one TTL. (An
+        operator who starts a deployment on a new store skips the start-up grace with
+        `SET <prefix>:epoch new`: every node then is trusted.)
         """
         self.last_epoch_check = time.monotonic()
-        token = secrets.token_hex(8)
-        ttl_ms = self._semaphores.lease_ttl_ms
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(self._keyspace.epoch, token, nx=True)
-        pipe.get(self._keyspace.epoch)
-        pipe.pttl(self._keyspace.fresh)
-        created, current_raw, fresh_ms = await guarded(pipe.execute())
-        current = text(current_raw)
-        if created:
-            young_ms = ttl_ms - int(await self._uptime_s() * 1000)
-            if young_ms > 0:
-                await guarded(self._client.set(self._keyspace.fresh, "1", px=young_ms, nx=True))
-                fresh_ms = young_ms
-        if int(fresh_ms) > 0:
-            self._suspect(int(fresh_ms) / 1000)
-        if self.epoch is not None and current != self.epoch:
+        noted, changed = await self._nodes.refresh(secrets.token_hex(8))
+        lost = self.epoch is not None and noted.epoch != self.epoch
+        if lost:
             self.data_losses_seen += 1
-            self._suspect(self._semaphores.lease_ttl_s)
+            self._semaphores.suspect_all(self._semaphores.lease_ttl_s)
             log.warning("Redis lost its data (epoch changed); holding new acquisitions for one TTL")
-            if self._on_data_loss is not None:
+        if changed:
+            self.node_changes_seen += len(changed)
+            log.warning(
+                "Redis node restarted or failed over; its semaphores hold new acquisitions "
+                "for one TTL while their holders re-assert their leases",
+                extra={"nodes": changed},
+            )
+        self.epoch = noted.epoch
+        if (lost or changed) and self._on_data_loss is not None:
+            # Not retried if it fails (a node still down): an acquire re-creates a declared
+            # semaphore on demand, with the same grace.
+            with contextlib.suppress(CoordinationUnavailable):
                 await self._on_data_loss()
-        self.epoch = current
-
-    async def _uptime_s(self) -> float:
-        """Redis' uptime; 0 (assume young: the safe side) where INFO is not available."""
-        try:
-            info = await guarded(self._client.info("server"))
-            return float(info["uptime_in_seconds"])
-        except (redis_exceptions.ResponseError, KeyError, ValueError):
-            return 0.0
-
-    def _suspect(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        self._semaphores.loss_suspected_until = max(self._semaphores.loss_suspected_until, until)
 
     async def refresh_epoch(self) -> None:
         """At most once a second, for callers about to create a semaphore."""
@@ -225,22 +214,30 @@ class Renewer:
 
     async def renew_group(self, leases: list[Lease]) -> None:
         first = leases[0]
-        # Re-create a missing semaphore only when Redis lost data; otherwise it was deleted
-        # and its leases are lost.
-        suspected = time.monotonic() < self._semaphores.loss_suspected_until
+        # A missing semaphore is re-created if its node lost it (the script sees the leases'
+        # epochs began on another node), or whenever this process suspects a loss there;
+        # otherwise it was deleted and its leases are lost.
         sent_at = time.monotonic()
+        suspected = sent_at < self._semaphores.suspected_until(first.kind, first.semaphore_id)
         renewal = await guarded(
             self._calls.renew_leases(
                 first.semaphore_id,
                 first.kind,
                 ttl_ms=self._semaphores.lease_ttl_ms,
                 leases=[
-                    LeaseToRenew(lease.lease_id, lease.epoch, lease.holder.to_json())
+                    # A lease this process no longer trusts (not renewed in time: it stalled)
+                    # may be renewed if Redis still has it, never re-asserted ('').
+                    LeaseToRenew(
+                        lease.lease_id,
+                        lease.epoch if lease.is_valid() else "",
+                        lease.holder.to_json(),
+                    )
                     for lease in leases
                 ],
-                recreate_limit=first.limit if suspected else 0,
+                recreate_limit=first.limit,
                 grace_ms=self._semaphores.lease_ttl_ms,
                 keys_ttl_ms=first.keys_ttl_ms,
+                recreate_always=suspected,
             )
         )
         for lease, code in zip(leases, renewal.codes, strict=True):

@@ -179,6 +179,16 @@ class SemaphoreReading:
     waiters: tuple[WaiterRow, ...]  # with detail only: live waiters among the first 100
 
 
+@dataclass(frozen=True)
+class NodesNoted:
+    """note_nodes: the epoch after the call, whether the call created it, and how long each
+    node given is still young (ms; 0: not young)."""
+
+    epoch: str
+    created: bool
+    young_ms: tuple[int, ...]
+
+
 # -- the calls -------------------------------------------------------------------------------
 
 
@@ -208,6 +218,7 @@ class ScriptCalls:
         pin_ms: int = 0,
         create_limit: int = 0,
         grace_ms: int = 0,
+        node_hint: str = "",
         keys_ttl_ms: int = 0,
         window: WindowAsk | None = None,
         window_request_id: str = "",
@@ -216,7 +227,9 @@ class ScriptCalls:
 
         `holder_json`: the lease's holder JSON object without `acquired_at`, which the script
         adds (`acquired_at`, Unix s, on admission; the grant's time for a slot granted by a
-        release). `replica` and `waiting_since` (Unix s) go into the waiter record."""
+        release). `replica` and `waiting_since` (Unix s) go into the waiter record.
+        `grace_ms` applies if this call creates the semaphore, and only while `node_hint` is
+        still the tag of the node that serves it (NodeWatch); otherwise a full `ttl_ms`."""
         keys = self._keys(semaphore_id, kind)
         script_keys = keys.all
         args: list[object] = [
@@ -233,6 +246,7 @@ class ScriptCalls:
             grace_ms,
             keys_ttl_ms,
             keys.channel,
+            node_hint,
         ]
         if window is not None:
             script_keys = [*script_keys, window.key]
@@ -287,11 +301,20 @@ class ScriptCalls:
         recreate_limit: int = 0,
         grace_ms: int = 0,
         keys_ttl_ms: int = 0,
+        recreate_always: bool = False,
     ) -> Renewal:
         """Renew leases of one semaphore in one call (renew_leases.lua). `recreate_limit` > 0
-        re-creates a missing semaphore (only while a Redis data loss is suspected), with
-        `grace_ms` of grace."""
-        args: list[object] = [ttl_ms, recreate_limit, grace_ms, keys_ttl_ms]
+        re-creates a missing semaphore, with `grace_ms` of grace, if a lease's epoch began on
+        another node than the one serving it now (that node lost it), or with
+        `recreate_always` (the caller suspects a loss); otherwise it was deleted. A lease sent
+        with the epoch '' is never re-asserted."""
+        args: list[object] = [
+            ttl_ms,
+            recreate_limit,
+            grace_ms,
+            keys_ttl_ms,
+            "1" if recreate_always else "0",
+        ]
         for lease in leases:
             args += [lease.lease_id, lease.epoch, lease.holder_json]
         reply = await self._scripts.call("renew_leases", self._keys(semaphore_id, kind).all, args)
@@ -373,6 +396,23 @@ class ScriptCalls:
         )
         return WindowTake(
             admitted=int(reply[0]) == 1, remaining=int(reply[1]), wait_ms=int(reply[2])
+        )
+
+    async def note_nodes(
+        self, *, token: str, ttl_ms: int, nodes: Sequence[tuple[str, int]]
+    ) -> NodesNoted:
+        """Note node tags with their uptime (ms), setting the epoch to `token` if it is missing
+        or 'new' (note_nodes.lua)."""
+        args: list[object] = [token, ttl_ms]
+        for tag, uptime_ms in nodes:
+            args += [tag, uptime_ms]
+        reply = await self._scripts.call(
+            "note_nodes", [self._keyspace.epoch, self._keyspace.nodes], args
+        )
+        return NodesNoted(
+            epoch=text(reply[0]),
+            created=int(reply[1]) == 1,
+            young_ms=tuple(int(young) for young in reply[2:]),
         )
 
     async def read_semaphore(

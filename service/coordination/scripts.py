@@ -9,8 +9,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+
+from .connection import RedisClient
 
 INSTALLED_SCRIPTS = Path("share") / "replicate-concurrent-generation" / "redis_scripts"
 
@@ -61,9 +62,10 @@ class Scripts:
         "take_window",
         "adopt_orphans",
         "read_semaphore",
+        "note_nodes",
     )
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(script_source(name)) for name in self.NAMES
         }

@@ -47,6 +47,7 @@ whether its last call reached Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import time
@@ -55,9 +56,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AcquireTimeout, SemaphoreNotFound
+from service.aio import shielded
+
+from .errors import AcquireTimeout, CoordinationUnavailable, SemaphoreNotFound
 from .keys import GLOBAL, KeySpace
-from .lease import Holder, Lease, shielded
+from .lease import Holder, Lease
+from .nodes import NodeWatch
 from .redis_errors import guarded
 from .script_calls import Admitted, Missing, ReleaseOutcome, ScriptCalls
 from .script_calls import WindowAsk as WindowAsk  # AcquireOptions.window; re-exported
@@ -111,14 +115,19 @@ class Semaphores:
         replica_id: str,
         lease_ttl_s: float,
         queue_entry_ttl_s: float,
+        nodes: NodeWatch | None = None,
     ) -> None:
         self._calls = ScriptCalls(scripts, keyspace)
+        self._keyspace = keyspace
         self._dispatcher = dispatcher
         self._replica_id = replica_id
         self.lease_ttl_s = lease_ttl_s
         self._queue_entry_ttl_ms = int(queue_entry_ttl_s * 1000)
         self.held: dict[str, Lease] = {}
-        self.loss_suspected_until = 0.0
+        # Each node's tag and youth (nodes.py); None: no per-node detection (tests' doubles).
+        self.nodes = nodes
+        # Every semaphore is suspect until then (monotonic): the epoch key changed or vanished.
+        self.all_suspected_until = 0.0
         # Semaphores this process used lately: if one of them is found missing, Redis lost it.
         self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
         # Re-reads the epoch; awaited before this process first uses a semaphore, so that a
@@ -137,22 +146,56 @@ class Semaphores:
     def lease_ttl_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
 
+    @property
+    def loss_suspected_until(self) -> float:
+        """Until when (monotonic) this process suspects a data loss anywhere: the epoch
+        changed, or some node is young (nodes.py). For visibility (service/grace.py); each
+        semaphore's own suspicion is `suspected_until`."""
+        young = self.nodes.young_until_any if self.nodes is not None else 0.0
+        return max(self.all_suspected_until, young)
+
+    def suspect_all(self, seconds: float) -> None:
+        """Suspect every semaphore for `seconds` (the epoch key changed or vanished)."""
+        self.all_suspected_until = max(self.all_suspected_until, time.monotonic() + seconds)
+
+    def suspected_until(self, kind: str, semaphore_id: str) -> float:
+        """Until when (monotonic) the node serving this semaphore may still be missing leases
+        it lost (it restarted or was promoted less than one TTL ago), or every node may."""
+        until = self.all_suspected_until
+        if self.nodes is not None:
+            meta = self._keyspace.semaphore(semaphore_id, kind).meta
+            until = max(until, self.nodes.young_until(meta))
+        return until
+
+    def node_hint(self, kind: str, semaphore_id: str) -> str:
+        """The tag of the node serving this semaphore, as last read ('' unknown)."""
+        if self.nodes is None:
+            return ""
+        return self.nodes.tag_for(self._keyspace.semaphore(semaphore_id, kind).meta)
+
     def grace_ms_for(self, kind: str, semaphore_id: str) -> int:
-        """Grace to set if this call finds the semaphore gone. Any hint that Redis lost data
-        (the store is young and its epoch new, or this process used the semaphore within the
-        hour, which is far less than the keys' TTL) means old holders may still run, so new
-        acquisitions must wait one TTL while those re-assert their leases."""
-        if time.monotonic() < self.loss_suspected_until:
-            return self.lease_ttl_ms
+        """Grace to set if this call finds the semaphore gone. Any hint that its node lost
+        data means old holders may still run, so new acquisitions must wait while those
+        re-assert their leases: until the suspicion ends (the node restarted or was promoted
+        less than one TTL ago, or the epoch changed: that moment plus one TTL), or one TTL if
+        this process used the semaphore within the hour (far less than the keys' TTL), so it
+        was lost at some moment it cannot know."""
+        now = time.monotonic()
+        until = self.suspected_until(kind, semaphore_id)
+        if now < until:
+            return max(1, int((until - now) * 1000))
         seen = self._known.get((kind, semaphore_id))
-        if seen is not None and time.monotonic() - seen < KNOWN_FOR_S:
+        if seen is not None and now - seen < KNOWN_FOR_S:
             return self.lease_ttl_ms
         return 0
 
     async def _grace_and_remember(self, kind: str, semaphore_id: str) -> int:
         key = (kind, semaphore_id)
         if key not in self._known and self.refresh_epoch is not None:
-            await self.refresh_epoch()
+            # Unreachable (the node holding the epoch is down): the tags known so far stand;
+            # a creation on a node whose tag is stale gets a full TTL (acquire_slot.lua).
+            with contextlib.suppress(CoordinationUnavailable):
+                await self.refresh_epoch()
         grace_ms = self.grace_ms_for(kind, semaphore_id)
         self._known[key] = time.monotonic()
         self._known.move_to_end(key)
@@ -227,6 +270,7 @@ class Semaphores:
                         queue_ttl_ms=self._queue_entry_ttl_ms,
                         create_limit=options.create_limit,
                         grace_ms=grace_ms,
+                        node_hint=self.node_hint(options.kind, semaphore_id),
                         keys_ttl_ms=options.keys_ttl_ms,
                         window=options.window,
                         window_request_id=window_entry_id,
@@ -257,6 +301,9 @@ class Semaphores:
                         position=reply.position,
                     )
                 await wake.wait(min(reply.retry_hint_ms / 1000, remaining))
+                # Should the semaphore vanish meanwhile, the next attempt re-creates it with
+                # the grace known now (the node's tag may have changed since).
+                grace_ms = self.grace_ms_for(options.kind, semaphore_id)
         except BaseException as exc:
             if not acquired and (queue or not isinstance(exc, AcquireTimeout)):
                 # Also frees a slot granted to this id that it never took (or took too late).

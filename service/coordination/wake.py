@@ -23,11 +23,9 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from service.aio import stop_task
 
-from .subscriber import Subscription
+from .subscriber import Subscription, SubscriptionSource
 
 log = logging.getLogger("service.coordination.wake")
 
@@ -93,8 +91,10 @@ def _time_up(future: asyncio.Future[None]) -> None:
 
 
 class WakeDispatcher:
-    def __init__(self, client: aioredis.Redis, pattern: str) -> None:
-        self._client = client
+    def __init__(self, source: SubscriptionSource, pattern: str) -> None:
+        """`source`: where the subscription connects (connection.build_clients says where for
+        each kind of deployment)."""
+        self._source = source
         self._pattern = pattern
         self.token = secrets.token_hex(4)
         self._events: dict[str, Wake] = {}
@@ -188,7 +188,7 @@ class WakeDispatcher:
             subscription: Subscription | None = None
             try:
                 subscription = await Subscription.open(
-                    self._client.connection_pool,
+                    self._source,
                     self.patterns,
                     self._on_message,
                     SUBSCRIBE_TIMEOUT_S,

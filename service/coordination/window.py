@@ -18,8 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
+from .connection import RedisClient
 from .errors import AcquireTimeout
 from .keys import KeySpace
 from .redis_errors import guarded
@@ -38,7 +37,7 @@ class WindowResult:
 
 
 class SlidingWindow:
-    def __init__(self, *, client: aioredis.Redis, scripts: Scripts, keyspace: KeySpace) -> None:
+    def __init__(self, *, client: RedisClient, scripts: Scripts, keyspace: KeySpace) -> None:
         self._client = client
         self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace

@@ -144,7 +144,7 @@ async def test_a_connection_that_fails_to_open_gives_its_place_back(
         with pytest.raises(CoordinationUnavailable) as raised:
             await c.window.take("w", 10)
         assert not isinstance(raised.value, CoordinationSaturated)
-        assert raised.value.reason == "Redis is unreachable"
+        assert raised.value.reason == f"Redis is unreachable at 127.0.0.1:{own_redis_server.port}"
     own_redis_server.start()
     assert (await c.window.take("w", 10)).admitted
     await c.close()

@@ -274,7 +274,9 @@ async def test_the_cli_readers_scan_every_node_and_read_windows(deployment: Depl
         assert len(nodes) == 3, "the accounts span every primary"
     assert await scan_accounts(c.client, c.keyspace) == accounts
     await c.take_account_rate("fp00", limit_per_minute=5, timeout_s=1)
-    report = await read_window(c.client, c.keyspace, f"{ACCOUNT}:fp00", 5)
+    report = await read_window(
+        c.client, c.keyspace, f"{ACCOUNT}:fp00", 5, c.config.account_window_s
+    )
     assert (report.admissions, report.remaining) == (1, 4)
     # The CLI itself, configured by the service's variables.
     listed = json.loads(await cli(deployment, "accounts", "--json"))

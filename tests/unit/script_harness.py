@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import fakeredis
 import pytest
+from fakeredis import _commands as fake_commands
+from fakeredis._socket._fakesocket import FakeSocket
 from fakeredis.commands_mixins import server_mixin
 
 from service.coordination.keys import KeySpace, SemaphoreKeys
@@ -29,6 +31,24 @@ from service.coordination.scripts import Scripts, script_source
 
 HOLDER = {"replica": "r", "purpose": "", "prediction_id": None, "acquired_at": 1.5}
 T = TypeVar("T")
+
+
+# fakeredis has no INFO; the scripts read a node's identity from it (node_tag in
+# redis_scripts/lib/semaphore.lua). This one answers the two sections they read, with the
+# identity a test gives its FakeServer (Harness.restart_node, Harness.promote_replica).
+def _fake_info(self: Any, *sections: bytes) -> bytes:
+    run_id, replid = getattr(self._server, "rcg_identity", ("a" * 40, "b" * 40))
+    wanted = {section.lower() for section in sections} or {b"server", b"replication"}
+    lines = []
+    if wanted & {b"server", b"all", b"default", b"everything"}:
+        lines += ["# Server", f"run_id:{run_id}", "uptime_in_seconds:100000", ""]
+    if wanted & {b"replication", b"all", b"default", b"everything"}:
+        lines += ["# Replication", "role:master", f"master_replid:{replid}", ""]
+    return "\r\n".join(lines).encode()
+
+
+FakeSocket.rcg_info = _fake_info  # type: ignore[attr-defined]
+fake_commands.SUPPORTED_COMMANDS["info"] = fake_commands.Signature("info", "rcg_info", (), (bytes,))
 
 
 class FakeClock:
@@ -70,7 +90,10 @@ class Harness:
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
-        self.client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        self.server = fakeredis.FakeServer()
+        self.server.rcg_identity = ("1" * 40, "2" * 40)  # type: ignore[attr-defined]
+        self.nodes_changed = 0
+        self.client = fakeredis.FakeRedis(server=self.server)
         self.keyspace = KeySpace("t")
         self.calls = ScriptCalls(FakeScripts(self.client), self.keyspace)
         self.keys: SemaphoreKeys = self.keyspace.semaphore("s")
@@ -78,6 +101,32 @@ class Harness:
         # The wake channel itself and every process's grant channel ("<channel>:<token>").
         self.pubsub.psubscribe(self.keys.channel + "*")
         self.pubsub.get_message(timeout=0.1)
+
+    def node_tag(self) -> str:
+        """The tag the scripts compute for this node (node_tag in lib/semaphore.lua)."""
+        run_id, replid = self.server.rcg_identity  # type: ignore[attr-defined]
+        return f"{run_id[:8]}{replid[:8]}"
+
+    def _new_identity(self) -> None:
+        self.nodes_changed += 1
+        run_id, replid = (f"{self.nodes_changed:x}".rjust(8, "c") * 5 for _ in range(2))
+        self.server.rcg_identity = (run_id, "d" + replid[1:])  # type: ignore[attr-defined]
+
+    def restart_node(self, *, keep: bool = False) -> None:
+        """The node restarts: a new identity, and (unless `keep`, as AOF would) no data."""
+        self._new_identity()
+        if not keep:
+            self.client.flushall()
+
+    def promote_replica(self, *, lost: Sequence[tuple[str, str]] = ()) -> None:
+        """A failover: another node serves the data, without the writes in `lost` (pairs of
+        sorted set or hash key and member: what the replica never received)."""
+        self._new_identity()
+        for key, member in lost:
+            if self.client.type(key) == b"zset":
+                self.client.zrem(key, member)
+            else:
+                self.client.hdel(key, member)
 
     def create(self, limit: int) -> CreateOutcome:
         return done(self.calls.create_semaphore("s", limit=limit, mode="create"))
@@ -103,6 +152,7 @@ class Harness:
         holder: dict[str, Any] | None = None,
         window: tuple[str, int, int, str] | None = None,
         pin_ms: int = 0,
+        node_hint: str | None = None,
     ) -> AcquireReply:
         """`window`: (log key, limit, window ms, request id) to take an entry with the slot.
         `holder`: the holder JSON Redis should keep, `acquired_at` included."""
@@ -122,6 +172,7 @@ class Harness:
                 queue_ttl_ms=queue_ttl_ms,
                 create_limit=create_limit,
                 grace_ms=grace_ms,
+                node_hint=self.node_tag() if node_hint is None else node_hint,
                 window=None if window is None else WindowAsk(*window[:3]),
                 window_request_id="" if window is None else window[3],
             )
@@ -143,7 +194,10 @@ class Harness:
         ttl_ms: int = 1000,
         create_limit: int = 0,
         grace_ms: int = 1000,
+        recreate_always: bool = True,
     ) -> Renewal:
+        """`create_limit` > 0: re-create a missing semaphore (always, unless
+        `recreate_always` is False: then only if a lease's epoch began on another node)."""
         return done(
             self.calls.renew_leases(
                 "s",
@@ -151,6 +205,7 @@ class Harness:
                 leases=[LeaseToRenew(lease_id, epoch, "{}") for lease_id, epoch in leases],
                 recreate_limit=create_limit,
                 grace_ms=grace_ms,
+                recreate_always=recreate_always,
             )
         )
 

@@ -267,6 +267,49 @@ def test_cluster_and_failover_errors_fail_closed_with_their_reason(
     assert mapped is not None and reason in mapped.reason
 
 
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            "Error 111 connecting to 10.0.0.5:6379. Connection refused.",
+            "Redis is unreachable at 10.0.0.5:6379",
+        ),
+        (
+            "Error -2 connecting to redis-a.internal:6380. Name or service not known.",
+            "Redis is unreachable at redis-a.internal:6380",
+        ),
+        ("Connection closed by server.", "Redis is unreachable"),
+    ],
+)
+def test_unreachable_names_the_server_but_never_a_password(message: str, reason: str) -> None:
+    mapped = unavailable(redis.exceptions.ConnectionError(message))
+    assert mapped is not None and mapped.reason == reason
+    timed_out = unavailable(redis.exceptions.TimeoutError("Timeout reading from 10.0.0.5:6379"))
+    assert timed_out is not None
+    assert timed_out.reason == "Redis did not answer in time (10.0.0.5:6379)"
+
+
+async def test_an_unreachable_server_is_named_by_its_address_only() -> None:
+    """A refused connect through the client, with a password in the URL: the reason names the
+    host and port the client tried, and nothing of the URL's credentials."""
+    from tests.fixtures.ports import free_port
+
+    port = free_port()
+    clients = build_clients(
+        RedisTopology(url=f"redis://app:s3cret@127.0.0.1:{port}/0"),
+        timeout_s=0.5,
+        max_connections=2,
+        pool_wait_s=0.5,
+    )
+    try:
+        with pytest.raises(CoordinationUnavailable) as raised:
+            await guarded(clients.commands.ping())
+    finally:
+        await clients.aclose()
+    assert raised.value.reason == f"Redis is unreachable at 127.0.0.1:{port}"
+    assert "s3cret" not in str(raised.value) and "s3cret" not in raised.value.detail
+
+
 def test_a_cluster_nodes_busy_connections_are_saturation() -> None:
     mapped = unavailable(_max_connections())
     assert isinstance(mapped, CoordinationSaturated)
@@ -369,3 +412,22 @@ def test_cluster_settings_reach_the_coordinator_config(monkeypatch: pytest.Monke
     config = coordinator_config(Settings())
     assert config.topology.mode == "cluster"
     assert config.redis_url == "rediss://app:pw@node-a:7000"
+
+
+def test_the_sentinel_password_is_a_secret_of_the_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masked in every log line (service.__main__.configure_logging), and never echoed by a
+    configuration error."""
+    from service import __main__ as main
+    from service.observability import logs
+
+    for name in list(os.environ):
+        if name.startswith("REDIS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REDIS_SENTINELS", "s1:26379")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "primary")
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "sentinel-secret-42")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(logs, "configure_logging", lambda *a, **kw: seen.update(kw))
+    main.configure_logging(Settings())
+    assert "sentinel-secret-42" in seen["known_secrets"]
+    assert "REDIS_SENTINEL_PASSWORD" in main._SECRET_VARIABLES

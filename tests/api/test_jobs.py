@@ -32,6 +32,7 @@ from tests.api.conftest import (
     flux,
 )
 from tests.fixtures.simulator import SimulatorHandle
+from tests.fixtures.sse import parse_sse
 
 pytestmark = pytest.mark.redis
 
@@ -367,21 +368,6 @@ async def test_token_fingerprint_is_the_owner(make_api: MakeApi, redis_url: str)
 
 
 # -- events (SSE) --------------------------------------------------------------------------------
-
-
-def parse_sse(text: str) -> list[dict[str, Any]]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields: dict[str, Any] = {}
-        for line in block.split("\n"):
-            if not line or line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-        if "data" in fields:
-            fields["data"] = json.loads(fields["data"])
-            events.append(fields)
-    return events
 
 
 async def test_events_resume_on_another_replica_without_loss_or_duplicates(

@@ -34,6 +34,7 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, MaxConnectionsError
 
 from .subscriber import ClusterSubscriptionSource, PoolSubscriptionSource, SubscriptionSource
@@ -302,8 +303,12 @@ def build_clients(
     """The clients of one deployment. Nothing connects yet."""
     # One quick retry survives a pooled connection that died with a Redis restart (or a
     # Cluster's topology change, after which the client re-reads the slots); more would only
-    # delay the fast failure callers need when Redis is down.
-    retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
+    # delay the fast failure callers need when Redis is down. A timeout is not retried: a
+    # server that did not answer in REDIS_TIMEOUT_SECONDS (frozen, overloaded) will not answer
+    # a second try sooner, and each retry would add a whole timeout to the caller's 503.
+    retry = Retry(
+        ExponentialBackoff(cap=0.1, base=0.01), 1, supported_errors=(RedisConnectionError,)
+    )
     if topology.cluster:
         cluster = RedisCluster.from_url(
             topology.url,

@@ -158,6 +158,22 @@ async def test_one_server_gets_the_bounded_hiredis_pool() -> None:
         await clients.aclose()
 
 
+async def test_a_timeout_is_not_retried_a_dead_connection_is() -> None:
+    """A frozen Redis answers a caller's 503 after one REDIS_TIMEOUT_SECONDS per call, not two
+    (measured with a SIGSTOPped server and a 1 s timeout: an acquire failed after 4.05 s with
+    timeouts retried, 2.0 s without); a pooled connection that died is still retried once."""
+    clients = build_clients(
+        RedisTopology("redis://h:1/0"), timeout_s=2, max_connections=7, pool_wait_s=1
+    )
+    try:
+        retry = clients.commands.connection_pool.connection_kwargs["retry"]
+        assert retry._retries == 1
+        assert retry._supported_errors == (redis.exceptions.ConnectionError,)
+        assert not issubclass(redis.exceptions.TimeoutError, retry._supported_errors)
+    finally:
+        await clients.aclose()
+
+
 async def test_a_cluster_gets_a_cluster_client_whose_nodes_pack_with_hiredis() -> None:
     clients = build_clients(
         RedisTopology("redis://app:secret@node-a:7000", cluster=True),

@@ -1,0 +1,84 @@
+"""Uncontended acquire + release against its floor, two PINGs on the same client, interleaved.
+
+    python -m benchmarks.uncontended [--cycles 3000] [--rounds 5] [--pin-s 0]
+
+One process, one worker, a private redis-server, a semaphore of 4 nobody else uses. Each
+cycle does `Coordinator.acquire` + `Lease.release` (timed as the peers kit does: acquire alone,
+then release alone, summed) and, right after, two `client.ping()` on the Coordinator's own
+client. Prints per round the p50 of both and their ratio (target: <= 1.3), and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from benchmarks.coord_redis import PrivateRedis
+from benchmarks.coord_worker import run_on_loop
+from benchmarks.coordination import percentile
+from service.coordination import Coordinator
+
+
+def _redis(c):
+    # the command client: Coordinator.client before the API cleanup, .redis after it
+    return getattr(c, "client", None) or c.redis
+
+
+async def run(url: str, cycles: int, rounds: int, pin_s: float) -> None:
+    c = await Coordinator.connect(url, replica_id="uncontended", lease_ttl_s=30.0)
+    await c.registry.create("u", 4)
+    perf = time.perf_counter
+    ratios = []
+    try:
+        for _ in range(200):  # warm-up
+            lease = await c.acquire("u", timeout_s=5, pin_s=pin_s)
+            await lease.release()
+            await c.redis.ping()
+        for r in range(rounds):
+            cycle, acq, pings = [], [], []
+            for _ in range(cycles):
+                t0 = perf()
+                lease = await c.acquire("u", timeout_s=5, pin_s=pin_s)
+                t1 = perf()
+                await asyncio.sleep(0)
+                t2 = perf()
+                await lease.release()
+                t3 = perf()
+                await asyncio.sleep(0)
+                t4 = perf()
+                await c.redis.ping()
+                await c.redis.ping()
+                t5 = perf()
+                await asyncio.sleep(0)
+                cycle.append((t1 - t0 + t3 - t2) * 1e6)
+                acq.append((t1 - t0) * 1e6)
+                pings.append((t5 - t4) * 1e6)
+            a, p = percentile(cycle, 0.5), percentile(pings, 0.5)
+            ratios.append(a / p)
+            print(
+                f"[{r}] acquire+release p50 {a:6.1f} us (acquire {percentile(acq, 0.5):5.1f}) | "
+                f"two PINGs p50 {p:6.1f} us | ratio {a / p:.2f}",
+                flush=True,
+            )
+        print(f"median ratio {statistics.median(ratios):.2f} (target <= 1.3)")
+    finally:
+        await c.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cycles", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pin-s", type=float, default=0.0)
+    args = ap.parse_args()
+    server = PrivateRedis()
+    try:
+        run_on_loop(run(server.url, args.cycles, args.rounds, args.pin_s))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

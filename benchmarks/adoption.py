@@ -385,8 +385,8 @@ class OrphanBench:
             sealer=TokenSealer(None, max_age_s=PIN_S),
         )
         # As service/app.py wires it, with a probe in front to time the notice.
-        self.b.semaphores.on_orphans.append(lambda kind, sid: self._mark("noticed"))
-        self.b.semaphores.on_orphans.append(self.keeper.notice)
+        self.b.on_orphans.append(lambda kind, sid: self._mark("noticed"))
+        self.b.on_orphans.append(self.keeper.notice)
         self.keeper.on_settled.append(self._settled)
         # First uses out of the way: adopt_orphans' script load, the token's Replicate client.
         await self.b.adopt_orphans(ORPHAN_SEMAPHORE, kind=GLOBAL, count=1)
@@ -510,7 +510,7 @@ class OrphanBench:
                 pin_s=PIN_S,
             )
         )
-        while await self.b.client.zcard(keys.queue) < 1:
+        while await self.b.redis.zcard(keys.queue) < 1:
             await asyncio.sleep(0.005)
         # A dies at an arbitrary moment of its renewal cycle.
         await asyncio.sleep(random.uniform(0, self.a.renewer.interval_s))
@@ -524,7 +524,7 @@ class OrphanBench:
         await asyncio.sleep(0.002)
         while self.in_flight["A"]:
             await asyncio.sleep(0.001)
-        pipe = self.b.client.pipeline(transaction=False)
+        pipe = self.b.redis.pipeline(transaction=False)
         pipe.time()
         pipe.zscore(keys.holders, lease.lease_id)
         (seconds, micros), expiry_ms = await pipe.execute()

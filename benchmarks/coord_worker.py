@@ -160,7 +160,7 @@ async def coord_mode(args: argparse.Namespace) -> None:
         install_trace(c)
     await c.start()
     try:
-        await warm_pool(c.client, args.workers + 2)
+        await warm_pool(c.redis, args.workers + 2)
 
         async def acquire() -> Any:
             return await c.acquire(args.semaphore, timeout_s=args.timeout)

@@ -52,8 +52,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def naive_replicas(count: int, sim_url: str) -> Iterator[list[str]]:
-    """`count` benchmarks.naive_replica processes against the simulator; yields their URLs."""
+def naive_processes(
+    count: int, sim_url: str
+) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    """`count` benchmarks.naive_replica processes against the simulator; yields (URL, process)."""
     ports = [free_port() for _ in range(count)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -76,7 +78,7 @@ def naive_replicas(count: int, sim_url: str) -> Iterator[list[str]]:
                     break
                 except httpx.TransportError:
                     time.sleep(0.1)
-        yield urls
+        yield list(zip(urls, procs, strict=True))
     finally:
         for proc in procs:
             proc.terminate()
@@ -86,6 +88,13 @@ def naive_replicas(count: int, sim_url: str) -> Iterator[list[str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def naive_replicas(count: int, sim_url: str) -> Iterator[list[str]]:
+    """`count` benchmarks.naive_replica processes against the simulator; yields their URLs."""
+    with naive_processes(count, sim_url) as running:
+        yield [url for url, _ in running]
 
 
 async def overhead(samples: int) -> dict[str, float]:

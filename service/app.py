@@ -127,7 +127,6 @@ def coordinator_config(settings: Settings) -> CoordinatorConfig:
         lease_ttl_s=settings.lease_ttl_seconds,
         redis_timeout_s=settings.redis_timeout_seconds,
         declared=settings.declared_semaphores,
-        account_window_s=settings.account_window_seconds,
         max_connections=settings.redis_max_connections,
         **settings.redis_topology,  # one server, a Cluster or Sentinel (docs/redis-ha.md)
     )
@@ -157,9 +156,9 @@ async def _start(settings: Settings, metrics: Metrics) -> Services:
         server_token=server_token.get_secret_value() if server_token else None,
         sealer=sealer,
     )
-    coordinator.semaphores.on_orphans.append(orphans.notice)
-    coordinator.semaphores.on_acquired.append(metrics.observe_acquire)
-    coordinator.renewer.on_lost.append(metrics.observe_lost)
+    coordinator.on_orphans.append(orphans.notice)
+    coordinator.on_acquired.append(metrics.observe_acquire)
+    coordinator.on_lost.append(metrics.observe_lost)
     generator.on_outcome.append(metrics.observe_generation)
     orphans.on_settled.append(metrics.observe_orphan)
     log.info(

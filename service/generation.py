@@ -245,7 +245,10 @@ class Generator:
                         # Polls share Replicate's 3,000/min budget for other calls with every
                         # replica on the account: paced, which only slows them down.
                         before_poll=functools.partial(self._limits.pace_poll, caller.account),
-                        on_created=_then_id(slots.annotate, on_created),
+                        on_created=on_created,  # a durable job records the id
+                        # The slots' records name the prediction while it runs (an adopter
+                        # cancels by it); one done within the create's hold is released now.
+                        on_running=slots.annotate,
                         watch=watch,
                         keep_running=keep_running,
                     )
@@ -286,19 +289,6 @@ def _then(
     return both
 
 
-def _then_id(
-    first: Callable[[str], Awaitable[None]], second: Callable[[str], Awaitable[None]] | None
-) -> Callable[[str], Awaitable[None]]:
-    if second is None:
-        return first
-
-    async def both(prediction_id: str) -> None:
-        await first(prediction_id)
-        await second(prediction_id)
-
-    return both
-
-
 def _as_service_error(exc: Exception) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
@@ -323,10 +313,12 @@ def _files(spec: ModelSpec, task: TaskRequest, result: PredictionResult) -> list
 
 
 def _expiry(created_at: str | None) -> str:
-    created = datetime.now(UTC)
+    created: datetime | None = None
     if created_at:
         with contextlib.suppress(ValueError):
             created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    if created is None:  # the clock only when Replicate's own time is missing or unreadable
+        created = datetime.now(UTC)
     return (created + OUTPUT_RETENTION).isoformat().replace("+00:00", "Z")
 
 

@@ -78,14 +78,13 @@ def _iso(unix_s: float) -> str:
 def announce(coordinator: Coordinator) -> float | None:
     """Log once, at start, that the grace runs and when it ends at the latest (returned, Unix
     time); None, and nothing logged, when this process suspects no data loss."""
-    semaphores = coordinator.semaphores
-    suspected_s = semaphores.loss_suspected_until - time.monotonic()
+    suspected_s = coordinator.loss_suspected_until - time.monotonic()
     if suspected_s <= 0:
         return None
-    ttl_s = semaphores.lease_ttl_s
+    ttl_s = coordinator.lease_ttl_s
     first_use_by = time.time() + suspected_s
     ends_by = first_use_by + ttl_s
-    prefix = coordinator.keyspace.prefix
+    prefix = coordinator.prefix
     log.warning(
         "data-loss grace: %s. Each semaphore and account first used before %s admits nobody "
         "until then (%g s at most from that first use), so the first generations wait; over "
@@ -124,8 +123,8 @@ class GraceWatch:
         self._coordinator = coordinator
 
     def _may_run(self) -> bool:
-        semaphores = self._coordinator.semaphores
-        return time.monotonic() < semaphores.loss_suspected_until + semaphores.lease_ttl_s
+        coordinator = self._coordinator
+        return time.monotonic() < coordinator.loss_suspected_until + coordinator.lease_ttl_s
 
     async def remaining_s(self, needs: Sequence[tuple[str, str]], *, always: bool = False) -> float:
         """Seconds until the grace of every (kind, semaphore id) in `needs` is over (0: none)."""
@@ -140,7 +139,7 @@ class GraceWatch:
                 # while a data loss is suspected; a registered one that is missing is a 404.
                 creates = kind == ACCOUNT or semaphore_id in self._coordinator.config.declared
                 if creates:
-                    grace_ms = self._coordinator.semaphores.grace_ms_for(kind, semaphore_id)
+                    grace_ms = self._coordinator.grace_ms_for(kind, semaphore_id)
                     left_s = max(left_s, grace_ms / 1000)
             except CoordinationError:
                 return 0.0  # the acquisition itself says what is wrong
@@ -158,7 +157,7 @@ class GraceWatch:
         with contextlib.suppress(CoordinationError):
             # A data loss the renewer has not seen yet (it reads the epoch every TTL/3; this
             # reads it at most once a second): the acquisition would find it itself.
-            await self._coordinator.renewer.refresh_epoch()
+            await self._coordinator.refresh_epoch()
 
     async def refusal(self, exc: AcquireTimeout) -> LimitTimeout | None:
         """The answer to a timeout the grace caused (None: the limit was simply full)."""
@@ -173,7 +172,7 @@ class GraceWatch:
             if kind == GLOBAL
             else "the account's concurrency limit"
         )
-        prefix = self._coordinator.keyspace.prefix
+        prefix = self._coordinator.prefix
         return LimitTimeout(
             f"Timed out after {exc.waited_s:.1f}s waiting for {what}: held back by the "
             f"data-loss grace, which ends in {max(1, math.ceil(left_s))}s. {_WHY}. On a "

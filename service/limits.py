@@ -61,11 +61,13 @@ from service.config import Settings
 from service.coordination import (
     ACCOUNT,
     AcquireTimeout,
+    AttachedWindow,
     CoordinationError,
     CoordinationUnavailable,
     Coordinator,
     Holder,
     Lease,
+    WindowResult,
 )
 from service.coordination_errors import service_error
 from service.errors import (
@@ -82,6 +84,86 @@ T = TypeVar("T")
 # time left of it) plus this: the create's travel, the skew between Redis' clock and
 # Replicate's, and Replicate's own cancellation.
 PIN_MARGIN_S = 30.0
+
+# The account creation window's length (ACCOUNT_WINDOW_SECONDS): Replicate's 60 s, plus 1 s for
+# skew between admission here and arrival upstream; shorter only for tests or an upstream that
+# counts differently.
+ACCOUNT_WINDOW_S = 61.0
+# An account's semaphore is created on first use; its keys expire a day after their last use.
+ACCOUNT_KEYS_TTL_S = 24 * 3600.0
+
+
+class AccountLimits:
+    """An account's own limits on the coordination library: its concurrency semaphore (kind
+    ACCOUNT, id the account's fingerprint, created on first use) and its creation window, the
+    window attached to that semaphore (so that one script call takes a slot and an entry)."""
+
+    def __init__(self, coordinator: Coordinator, *, window_s: float = ACCOUNT_WINDOW_S) -> None:
+        self._coordinator = coordinator
+        self.window_s = window_s
+
+    @staticmethod
+    def window(account: str) -> AttachedWindow:
+        """The account's creation window."""
+        return AttachedWindow(account, ACCOUNT)
+
+    async def acquire(
+        self,
+        account: str,
+        *,
+        limit: int,
+        timeout_s: float,
+        holder: Holder | None = None,
+        limit_per_minute: int = 0,
+        pin_s: float = 0.0,
+    ) -> Lease:
+        """A slot of the account's concurrency semaphore (created on first use with `limit`).
+
+        With `limit_per_minute`, a slot that acquire_slot itself admits comes with one entry of
+        the account's creation window, taken in the same call when the window has room: the
+        lease's `window_entry` is then True, and the first create needs no `take_rate`. (A slot
+        handed over by a release comes without one: the releaser cannot know when its new
+        holder will use it.)"""
+        return await self._coordinator.acquire(
+            account,
+            kind=ACCOUNT,
+            create_limit=limit,
+            keys_ttl_s=ACCOUNT_KEYS_TTL_S,
+            timeout_s=timeout_s,
+            holder=holder,
+            pin_s=pin_s,
+            window_limit=limit_per_minute,
+            window_s=self.window_s,
+            scope="account_concurrency",
+        )
+
+    async def take_rate(
+        self, account: str, *, limit_per_minute: int, timeout_s: float
+    ) -> WindowResult:
+        """One prediction creation from the account's sliding window.
+
+        The window is enforced where the token is taken, but Replicate counts where the create
+        lands; requests admitted at the edges of a window can travel with different delays
+        (queued behind other work, a slow connection), bringing two admissions that were 60 s
+        apart here closer than 60 s there. One second of margin absorbs that skew."""
+        return await self._coordinator.window.wait_take(
+            self.window(account),
+            limit_per_minute,
+            timeout_s,
+            window_s=self.window_s,
+            limit_scope="account_rate",
+            limit_id=account,
+        )
+
+    async def take_rate_once(self, account: str, *, limit_per_minute: int) -> WindowResult:
+        """One try at the account's creation window: admitted with an entry, or the exact wait."""
+        return await self._coordinator.window.take(
+            self.window(account), limit_per_minute, self.window_s
+        )
+
+    async def give_back_rate(self, account: str, entry_id: str) -> None:
+        """Return a creation-window entry whose create never happened."""
+        await self._coordinator.window.give_back(self.window(account), entry_id)
 
 
 @dataclass(frozen=True)
@@ -190,6 +272,7 @@ class Limits:
 
     def __init__(self, coordinator: Coordinator, settings: Settings) -> None:
         self._coordinator = coordinator
+        self.accounts = AccountLimits(coordinator, window_s=settings.account_window_seconds)
         self._concurrent = settings.replicate_concurrent_limit
         self._per_minute = settings.replicate_requests_per_minute
         self._poll_budget = settings.poll_budget_per_minute
@@ -205,17 +288,25 @@ class Limits:
         """Every slot of one prediction for the block (see the module docstring)."""
         started = time.monotonic()
         deadline = started + timeout_s
-        grace_s = await self.grace.before(account, semaphore_id)  # 0 unless Redis looks new
+        # The grace is read only if the acquisition waits (0 unless Redis looks new).
+        probe = self.grace.probe(account, semaphore_id)
         try:
             held = await self.acquire(account, semaphore_id, timeout_s=timeout_s, holder=holder)
         except AcquireTimeout as exc:  # the data-loss grace's own answer, if it is the cause
+            probe.cancel()
             raise (await self.grace.refusal(exc) or service_error(exc)) from exc
         except CoordinationError as exc:
+            probe.cancel()
             raise service_error(exc) from exc
-        if grace_s > 0:
-            self.grace.delayed(grace_s, time.monotonic() - started, semaphore_id)
+        except BaseException:
+            probe.cancel()
+            raise
+        waited_s = time.monotonic() - started
         slots = Slots(self, account, held, deadline)
         try:
+            grace_s = await probe.grace_s()  # in the try: cancelled here, the slots go back
+            if grace_s > 0:
+                self.grace.delayed(grace_s, waited_s, semaphore_id)
             yield slots
         finally:
             if slots.left_running:
@@ -270,11 +361,11 @@ class Limits:
         await release(held)
         if entry:
             with contextlib.suppress(CoordinationError):
-                await self._coordinator.give_back_account_rate(account, entry)
+                await self.accounts.give_back_rate(account, entry)
 
     async def take_create_token(self, account: str, *, timeout_s: float) -> None:
         """A window entry for a retried create (the attempt holds its slots meanwhile)."""
-        await self._coordinator.take_account_rate(
+        await self.accounts.take_rate(
             account, limit_per_minute=self._per_minute, timeout_s=timeout_s
         )
 
@@ -296,7 +387,7 @@ class Limits:
         started = time.monotonic()
         while True:
             try:
-                lease = await self._coordinator.acquire_account(
+                lease = await self.accounts.acquire(
                     account,
                     limit=self._concurrent,
                     timeout_s=_remaining(deadline) if wait else 0.0,
@@ -314,7 +405,7 @@ class Limits:
             if lease.window_wait_s <= 0:
                 # Granted by a release, which cannot take an entry for us: try for one now.
                 try:
-                    result = await self._coordinator.take_account_rate_once(
+                    result = await self.accounts.take_rate_once(
                         account, limit_per_minute=self._per_minute
                     )
                 except BaseException:

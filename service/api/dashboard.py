@@ -49,6 +49,7 @@ from service.coordination import (
 from service.coordination.redis_errors import guarded
 from service.errors import NotFound
 from service.fingerprint import token_fingerprint
+from service.limits import AccountLimits
 from service.observability.history import History, HistoryStore
 from service.schemas.openapi import errors
 from service.schemas.responses import DashboardData, DashboardHistory
@@ -176,7 +177,7 @@ async def dashboard_data(request: Request) -> JSONResponse:
 )
 async def dashboard_history(request: Request) -> JSONResponse:
     coordinator = services(request).coordinator
-    store = HistoryStore(coordinator.client, coordinator.keyspace.prefix)
+    store = HistoryStore(coordinator.redis, coordinator.prefix)
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             history = await store.read()
@@ -207,17 +208,13 @@ def _server_account(found: Services) -> str | None:
 
 async def _accounts(found: Services) -> list[dict[str, Any]]:
     coordinator = found.coordinator
-    store = HistoryStore(coordinator.client, coordinator.keyspace.prefix)
+    store = HistoryStore(coordinator.redis, coordinator.prefix)
     now_s = await store.now_s()
     # Every replica's record names the accounts it admitted in the last 15 minutes: the two
     # latest buckets (the current one may not be written by everyone yet) name them all.
     known = (await store.read(now_s, buckets=2)).accounts
     held = sorted(
-        {
-            lease.semaphore_id
-            for lease in coordinator.semaphores.held.values()
-            if lease.kind == ACCOUNT
-        }
+        {lease.semaphore_id for lease in coordinator.held_leases() if lease.kind == ACCOUNT}
     )
     fingerprints = list(dict.fromkeys([*known, *held]))[:MAX_ACCOUNTS]
     settings = found.settings
@@ -250,8 +247,8 @@ async def _account(
         view: SemaphoreView | None = await coordinator.registry.view(fingerprint, ACCOUNT)
     except SemaphoreNotFound:  # no acquisition in 24 h: its keys expired
         view = None
-    client = coordinator.client
-    key = coordinator.keyspace.window(f"{ACCOUNT}:{fingerprint}")
+    client = coordinator.redis
+    key = coordinator.window.key(AccountLimits.window(fingerprint))
     window_ms = int(window_s * 1000)
     low = f"({now_ms - window_ms}"
     pipe = client.pipeline(transaction=False)

@@ -144,7 +144,7 @@ async def renew_lease(request: Request, semaphore_id: str, lease_id: str) -> JSO
             "unrenewed, was released, or was never granted; acquire a new one",
             fields={"semaphore_id": semaphore_id},
         )
-    ttl_s = found.coordinator.semaphores.lease_ttl_s
+    ttl_s = found.coordinator.lease_ttl_s
     return JSONResponse(_lease_body(semaphore_id, lease_id, expires_at_ms, ttl_s))
 
 

@@ -14,13 +14,14 @@ from typing import TextIO
 from service.coordination import (
     ACCOUNT,
     GLOBAL,
+    WINDOW_S,
     CoordinationUnavailable,
     Coordinator,
     SemaphoreNotFound,
     SemaphoreView,
+    WindowName,
 )
-from service.coordination.coordinator import ACCOUNT_WINDOW_S
-from service.coordination.window import WINDOW_S
+from service.limits import ACCOUNT_WINDOW_S, AccountLimits
 
 from . import render
 from .parser import env_int, env_seconds
@@ -63,15 +64,19 @@ async def _maybe_view(
         return None  # gone, or deleted between two reads
 
 
-def _window(ctx: Context, scope: str, limit: int) -> Awaitable[WindowReport]:
-    # An account's creation window is ACCOUNT_WINDOW_SECONDS long, as the service reads it;
-    # its poll budget's window is the library's 60 s.
-    window_s = (
-        env_seconds("ACCOUNT_WINDOW_SECONDS", ACCOUNT_WINDOW_S)
-        if scope.startswith(f"{ACCOUNT}:")
-        else WINDOW_S
+def _creation_window(ctx: Context, fingerprint: str, limit: int) -> Awaitable[WindowReport]:
+    # An account's creation window is ACCOUNT_WINDOW_SECONDS long, as the service reads it.
+    window_s = env_seconds("ACCOUNT_WINDOW_SECONDS", ACCOUNT_WINDOW_S)
+    return _window(
+        ctx, f"{ACCOUNT}:{fingerprint}", AccountLimits.window(fingerprint), limit, window_s
     )
-    return read_window(ctx.coordinator.client, ctx.coordinator.keyspace, scope, limit, window_s)
+
+
+def _window(
+    ctx: Context, scope: str, window: WindowName, limit: int, window_s: float = WINDOW_S
+) -> Awaitable[WindowReport]:
+    # A poll budget's window is the library's 60 s.
+    return read_window(ctx.coordinator, window, limit, window_s, scope=scope)
 
 
 async def list_semaphores(ctx: Context, args: argparse.Namespace) -> int:
@@ -215,8 +220,8 @@ async def window(ctx: Context, args: argparse.Namespace) -> int:
     creation_limit = args.limit or env_int("REPLICATE_REQUESTS_PER_MINUTE", 600)
     poll_limit = args.poll_limit or env_int("POLL_BUDGET_PER_MINUTE", 2400)
     creations, polls, concurrency = await asyncio.gather(
-        _window(ctx, f"acct:{fingerprint}", creation_limit),
-        _window(ctx, f"acct-poll:{fingerprint}", poll_limit),
+        _creation_window(ctx, fingerprint, creation_limit),
+        _window(ctx, f"acct-poll:{fingerprint}", f"acct-poll:{fingerprint}", poll_limit),
         _maybe_view(ctx, fingerprint, ACCOUNT, detail=True),
     )
     if ctx.as_json:
@@ -237,14 +242,12 @@ async def window(ctx: Context, args: argparse.Namespace) -> int:
 
 async def accounts(ctx: Context, args: argparse.Namespace) -> int:
     creation_limit = env_int("REPLICATE_REQUESTS_PER_MINUTE", 600)
-    fingerprints = await scan_accounts(ctx.coordinator.client, ctx.coordinator.keyspace)
+    fingerprints = await scan_accounts(ctx.coordinator)
     rows: list[tuple[str, SemaphoreView | None, WindowReport]] = []
     for start in range(0, len(fingerprints), 100):  # bounded fan-out on a big deployment
         batch = fingerprints[start : start + 100]
         views = await asyncio.gather(*(_maybe_view(ctx, fp, ACCOUNT) for fp in batch))
-        windows = await asyncio.gather(
-            *(_window(ctx, f"acct:{fp}", creation_limit) for fp in batch)
-        )
+        windows = await asyncio.gather(*(_creation_window(ctx, fp, creation_limit) for fp in batch))
         rows += zip(batch, views, windows, strict=True)
     if ctx.as_json:
         ctx.emit(

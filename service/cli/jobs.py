@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # commands.py imports this module
 
 def _store(ctx: Context) -> JobStore:
     # Reads only: the retention is what writes would set.
-    return JobStore(ctx.coordinator.client, ctx.coordinator.keyspace.prefix, retention_s=3600)
+    return JobStore(ctx.coordinator.redis, ctx.coordinator.prefix, retention_s=3600)
 
 
 async def jobs(ctx: Context, args: argparse.Namespace) -> int:

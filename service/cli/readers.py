@@ -2,21 +2,19 @@
 
 Read-only, and bounded: a window log holds at most its limit of entries inside the window, and
 only a few are fetched; accounts are found with SCAN in pages (never KEYS), on every primary of
-a Cluster. The client is the Coordinator's: a single server's, a Sentinel primary's or a
-Cluster's (whose commands go to the node of their key's slot; TIME to any node).
+a Cluster (SemaphoreRegistry.scan). The client is the Coordinator's: a single server's, a
+Sentinel primary's or a Cluster's (whose commands go to the node of their key's slot; TIME to
+any node).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from service.coordination import ACCOUNT, KeySpace
+from service.coordination import ACCOUNT, Coordinator, WindowName
 from service.coordination.redis_errors import guarded
-
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,13 @@ async def server_now_ms(client: aioredis.Redis) -> int:
 
 
 async def read_window(
-    client: aioredis.Redis, keyspace: KeySpace, scope: str, limit: int, window_s: float
+    coordinator: Coordinator, window: WindowName, limit: int, window_s: float, *, scope: str
 ) -> WindowReport:
     """Mirrors take_from_window (redis_scripts/lib/common.lua): an entry counts while its
     score > now - window, and when full the next slot frees 1 ms after the entry at rank
-    (count - limit) leaves the window."""
-    key = keyspace.window(scope)
+    (count - limit) leaves the window. `scope`: how the report names the window."""
+    client = coordinator.redis
+    key = coordinator.window.key(window)
     window_ms = int(window_s * 1000)
     now = await server_now_ms(client)
     low = f"({now - window_ms}"
@@ -73,21 +72,7 @@ async def read_window(
     )
 
 
-async def scan_accounts(client: aioredis.Redis, keyspace: KeySpace) -> list[str]:
+async def scan_accounts(coordinator: Coordinator) -> list[str]:
     """Fingerprints of every account whose concurrency semaphore exists (its meta key lives 24 h
     after the account's last acquisition or renewal)."""
-    template = keyspace.semaphore("\0", ACCOUNT).meta
-    head, _, tail = template.partition("\0")
-    pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*" + _GLOB_SPECIAL.sub(r"\\\1", tail)
-    found: set[str] = set()
-
-    async def scan() -> None:
-        # scan_iter follows one server's cursor, or on a Cluster each primary's own cursor in
-        # turn (a Cluster's cursors are per node: one integer cursor would cover one node).
-        async for raw in client.scan_iter(match=pattern, count=1000):
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if name.startswith(head) and name.endswith(tail):
-                found.add(name[len(head) : len(name) - len(tail)])
-
-    await guarded(scan())
-    return sorted(found)
+    return await coordinator.registry.scan(ACCOUNT)

@@ -1,5 +1,7 @@
-"""Cross-process limits through Redis: leased semaphores with FIFO waiting, and exact sliding
-windows. Imports neither FastAPI nor replicate, so any asyncio service can use it directly."""
+"""Cross-process limits through Redis: leased semaphores with FIFO waiting (of any kind, by id,
+created on first use or registered), and exact sliding windows of any length (of their own, or
+attached to a semaphore). Imports neither FastAPI nor replicate, so any asyncio service can use
+it directly; it holds no policy of the service's (service/limits.py: Replicate's limits)."""
 
 from .coordinator import Coordinator, CoordinatorConfig
 from .errors import (
@@ -11,16 +13,18 @@ from .errors import (
     SemaphoreExists,
     SemaphoreNotFound,
 )
-from .keys import ACCOUNT, GLOBAL, KeySpace
+from .keys import ACCOUNT, GLOBAL, AttachedWindow, KeySpace, WindowName
 from .lease import Holder, Lease
 from .registry import SemaphoreView
 from .semaphore import Orphan
-from .window import WindowResult
+from .window import WINDOW_S, WindowResult
 
 __all__ = [
     "ACCOUNT",
     "GLOBAL",
+    "WINDOW_S",
     "AcquireTimeout",
+    "AttachedWindow",
     "CoordinationError",
     "CoordinationUnavailable",
     "Coordinator",
@@ -34,5 +38,6 @@ __all__ = [
     "SemaphoreExists",
     "SemaphoreNotFound",
     "SemaphoreView",
+    "WindowName",
     "WindowResult",
 ]

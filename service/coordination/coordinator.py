@@ -3,13 +3,21 @@
 coordinator = await Coordinator.connect("redis://127.0.0.1:6379/0", replica_id="api-1")
 async with await coordinator.acquire("image-generation-global", timeout_s=30):
     ...  # at most `limit` of these run at once across every process that names the id
+async with await coordinator.acquire("tenant-7", kind="tenant", create_limit=4, timeout_s=30,
+                                     window_limit=100, window_s=60):
+    ...  # a semaphore created on first use, with an entry of the window attached to it
 await coordinator.close()
+
+Its public API is this class's public methods and properties (with `registry` and `window`),
+and what service/coordination/__init__.py exports; `semaphores`, `renewer`, `scripts`,
+`keyspace`, `nodes`, `dispatcher` and `book` are its parts, open to the package's tests only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -17,9 +25,10 @@ import redis.asyncio as aioredis
 
 from service.aio import shielded
 
+from .book import LeaseBook
 from .connection import RedisTopology, build_clients, parse_sentinels
 from .errors import CoordinationUnavailable
-from .keys import ACCOUNT, GLOBAL, KeySpace
+from .keys import GLOBAL, AttachedWindow, KeySpace
 from .lease import Holder, Lease
 from .nodes import NodeWatch
 from .redis_errors import guarded
@@ -27,14 +36,12 @@ from .registry import SemaphoreRegistry
 from .renewal import Renewer
 from .script_calls import ScriptCalls
 from .scripts import Scripts
-from .semaphore import AcquireOptions, Orphan, Semaphores, WindowAsk
+from .semaphore import AcquireOptions, LeaseListener, Orphan, Semaphores, WindowAsk
 from .wake import WakeDispatcher
-from .window import SlidingWindow, WindowResult
+from .window import WINDOW_S, SlidingWindow
 
 log = logging.getLogger("service.coordination")
 
-ACCOUNT_KEYS_TTL_MS = 24 * 3600 * 1000
-ACCOUNT_WINDOW_S = 61.0  # 60 s, plus 1 s for skew between admission here and arrival upstream
 DEFAULT_MAX_CONNECTIONS = 128
 
 
@@ -47,9 +54,6 @@ class CoordinatorConfig:
     queue_entry_ttl_s: float = 10.0
     redis_timeout_s: float = 2.0
     declared: dict[str, int] = field(default_factory=dict)
-    # The account creation window's length (ACCOUNT_WINDOW_SECONDS): Replicate's 60 s plus 1 s
-    # of skew margin, shorter only for tests or an upstream that counts differently.
-    account_window_s: float = ACCOUNT_WINDOW_S
     # The most connections this process opens for commands (the wake subscription adds one).
     # A command that finds them all busy waits up to `pool_wait_s` (default: redis_timeout_s)
     # for one, then fails closed with CoordinationSaturated. Opened on demand, kept once opened.
@@ -96,43 +100,45 @@ class Coordinator:
         self.keyspace = KeySpace(config.prefix)
         # One server, a Cluster or a Sentinel-managed primary (connection.build_clients).
         pool_wait_s = config.redis_timeout_s if config.pool_wait_s is None else config.pool_wait_s
-        self.redis = build_clients(
+        self._clients = build_clients(
             config.topology,
             timeout_s=config.redis_timeout_s,
             max_connections=config.max_connections,
             pool_wait_s=pool_wait_s,
         )
-        commands = self.redis.commands
-        # For callers outside the library (jobs, history, the CLI's readers), typed as the
-        # single-server client: they use only commands a RedisCluster offers too.
-        self.client = cast(aioredis.Redis, commands)
+        commands = self._clients.commands
+        self._redis = cast(aioredis.Redis, commands)
         self.scripts = Scripts(commands)
-        self.dispatcher = WakeDispatcher(self.redis.subscription, self.keyspace.channel_pattern)
+        self.dispatcher = WakeDispatcher(self._clients.subscription, self.keyspace.channel_pattern)
         self.nodes = NodeWatch(
             client=commands,
             calls=ScriptCalls(self.scripts, self.keyspace),
             lease_ttl_s=config.lease_ttl_s,
+        )
+        # What this process holds and suspects: one book, shared by the two that keep it.
+        self.book = LeaseBook(
+            keyspace=self.keyspace, lease_ttl_s=config.lease_ttl_s, nodes=self.nodes
+        )
+        self.renewer = Renewer(
+            scripts=self.scripts,
+            keyspace=self.keyspace,
+            book=self.book,
+            nodes=self.nodes,
+            on_data_loss=self.ensure_declared,
         )
         self.semaphores = Semaphores(
             scripts=self.scripts,
             keyspace=self.keyspace,
             dispatcher=self.dispatcher,
             replica_id=config.replica_id,
-            lease_ttl_s=config.lease_ttl_s,
             queue_entry_ttl_s=config.queue_entry_ttl_s,
-            nodes=self.nodes,
+            book=self.book,
+            renewer=self.renewer,
         )
         self.registry = SemaphoreRegistry(
             client=commands, scripts=self.scripts, keyspace=self.keyspace
         )
         self.window = SlidingWindow(client=commands, scripts=self.scripts, keyspace=self.keyspace)
-        self.renewer = Renewer(
-            scripts=self.scripts,
-            keyspace=self.keyspace,
-            semaphores=self.semaphores,
-            nodes=self.nodes,
-            on_data_loss=self.ensure_declared,
-        )
 
     @classmethod
     async def connect(cls, redis_url: str, **options: object) -> Coordinator:
@@ -144,9 +150,57 @@ class Coordinator:
     def replica_id(self) -> str:
         return self.config.replica_id
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The command client, for callers that keep keys of their own in the same Redis (the
+        jobs store, the history sampler, operators' read-only readers). Typed as the
+        single-server client: they must use only commands a RedisCluster offers too, on keys
+        under `prefix`."""
+        return self._redis
+
+    @property
+    def prefix(self) -> str:
+        """Every key of this library starts with it (docs/redis-keys.md)."""
+        return self.keyspace.prefix
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return self.book.lease_ttl_s
+
+    @property
+    def loss_suspected_until(self) -> float:
+        """Until when (monotonic) this process suspects a Redis data loss anywhere."""
+        return self.book.loss_suspected_until
+
+    def grace_ms_for(self, kind: str, semaphore_id: str) -> int:
+        """The grace a semaphore would get were an acquisition to create it now (0: none)."""
+        return self.book.grace_ms_for(kind, semaphore_id)
+
+    async def refresh_epoch(self) -> None:
+        """Read the epoch and the nodes' identities now, unless that was done within 1 s."""
+        await self.renewer.refresh_epoch()
+
+    def held_leases(self) -> list[Lease]:
+        """The leases this process holds and renews (not detached ones)."""
+        return list(self.book.held.values())
+
+    @property
+    def on_acquired(self) -> list[LeaseListener]:
+        """Told (lease, seconds waited) on every acquisition; must not block."""
+        return self.book.on_acquired
+
+    @property
+    def on_lost(self) -> list[Callable[[Lease], None]]:
+        """Told every lease this process lost (not renewed in time, or gone from Redis)."""
+        return self.book.on_lost
+
+    @property
+    def on_orphans(self) -> list[Callable[[str, str], None]]:
+        """Told (kind, semaphore id) when an acquisition sees orphans waiting for adoption."""
+        return self.book.on_orphans
+
     async def start(self) -> None:
         """Never fails because Redis is down: the service starts degraded and recovers."""
-        self.semaphores.refresh_epoch = self.renewer.refresh_epoch
         await self.renewer.start()  # reads the epoch first: declared semaphores may need grace
         with contextlib.suppress(CoordinationUnavailable):
             await self.ensure_declared()
@@ -154,21 +208,21 @@ class Coordinator:
 
     async def close(self) -> None:
         """Release every lease this process holds, then stop the background tasks."""
-        for lease in list(self.semaphores.held.values()):
+        for lease in list(self.book.held.values()):
             await shielded(lease.release())
         await self.renewer.close()
         await self.dispatcher.close()
-        await self.redis.aclose()
+        await self._clients.aclose()
 
     async def ensure_declared(self) -> None:
         for semaphore_id, limit in self.config.declared.items():
-            grace_ms = self.semaphores.grace_ms_for(GLOBAL, semaphore_id)
+            grace_ms = self.book.grace_ms_for(GLOBAL, semaphore_id)
             await self.registry.ensure(semaphore_id, limit, grace_ms)
 
     async def check(self) -> None:
         """PING Redis (every primary of a Cluster); raise CoordinationUnavailable, whose
         `reason` says what is wrong."""
-        await guarded(self.redis.ping_primaries())
+        await guarded(self._clients.ping_primaries())
 
     async def ping(self) -> bool:
         try:
@@ -185,21 +239,50 @@ class Coordinator:
         semaphore_id: str,
         *,
         timeout_s: float,
+        kind: str = GLOBAL,
+        create_limit: int = 0,
+        keys_ttl_s: float = 0.0,
         holder: Holder | None = None,
         pin_s: float = 0.0,
+        window_limit: int = 0,
+        window_s: float = WINDOW_S,
+        scope: str = "semaphore",
     ) -> Lease:
-        """A slot of a global semaphore; waits in FIFO order up to `timeout_s`. A semaphore
-        declared in this process's configuration is (re)created on demand with its declared
-        limit, like an account semaphore; any other must have been registered. With `pin_s`,
-        the slot stays taken (orphaned, then adopted) until that long after admission if this
-        process stops renewing it: for work that may outlive the process (a prediction)."""
+        """A slot of the semaphore `semaphore_id` of `kind`; waits in FIFO order up to
+        `timeout_s` (0: one try, never queued). Raises SemaphoreNotFound, AcquireTimeout (naming
+        `scope`), CoordinationUnavailable.
+
+        `create_limit` > 0 creates the semaphore on first use with that limit (and raises its
+        limit to it); then `keys_ttl_s` > 0 lets its keys expire that long after their last
+        use. A global semaphore declared in this process's configuration is (re)created on
+        demand with its declared limit; any other global one must have been registered. With
+        `pin_s`, the slot stays taken (orphaned, then adopted) until that long after admission
+        if this process stops renewing it: for work that may outlive the process.
+
+        With `window_limit` > 0, a slot that this call's script itself admits comes with one
+        entry of the window attached to the semaphore (AttachedWindow: at most `window_limit`
+        in any `window_s`), taken in the same call when the window has room: the lease's
+        `window_entry` is then True (`window_entry_id` gives it back unused), else
+        `window_wait_s` says when the window has room. A slot handed over by a release comes
+        without one (the releaser cannot know when its new holder will use it)."""
+        if kind == GLOBAL and create_limit <= 0:
+            create_limit = self.config.declared.get(semaphore_id, 0)
+        window = None
+        if window_limit > 0:
+            window = WindowAsk(
+                key=self.keyspace.window(AttachedWindow(semaphore_id, kind)),
+                limit=window_limit,
+                window_ms=int(window_s * 1000),
+            )
         return await self.semaphores.acquire(
             semaphore_id,
             AcquireOptions(
                 timeout_s=timeout_s,
-                kind=GLOBAL,
-                create_limit=self.config.declared.get(semaphore_id, 0),
-                scope="semaphore",
+                kind=kind,
+                create_limit=create_limit,
+                keys_ttl_ms=int(keys_ttl_s * 1000),
+                scope=scope,
+                window=window,
                 pin_ms=int(pin_s * 1000),
             ),
             holder or self.holder(),
@@ -208,72 +291,6 @@ class Coordinator:
     async def semaphore_exists(self, semaphore_id: str) -> bool:
         return semaphore_id in self.config.declared or await self.registry.exists(semaphore_id)
 
-    async def acquire_account(
-        self,
-        account: str,
-        *,
-        limit: int,
-        timeout_s: float,
-        holder: Holder | None = None,
-        limit_per_minute: int = 0,
-        pin_s: float = 0.0,
-    ) -> Lease:
-        """A slot of an account's concurrency semaphore (created on first use with `limit`).
-
-        With `limit_per_minute`, a slot that acquire_slot itself admits comes with one entry of
-        the account's creation window, taken in the same call when the window has room: the
-        lease's `window_entry` is then True, and the first create needs no `take_account_rate`.
-        (A slot handed over by a release comes without one: the releaser cannot know when its
-        new holder will use it.)"""
-        window = None
-        if limit_per_minute > 0:
-            window = WindowAsk(
-                key=self.keyspace.window(f"{ACCOUNT}:{account}"),
-                limit=limit_per_minute,
-                window_ms=int(self.config.account_window_s * 1000),
-            )
-        return await self.semaphores.acquire(
-            account,
-            AcquireOptions(
-                timeout_s=timeout_s,
-                kind=ACCOUNT,
-                create_limit=limit,
-                keys_ttl_ms=ACCOUNT_KEYS_TTL_MS,
-                scope="account_concurrency",
-                window=window,
-                pin_ms=int(pin_s * 1000),
-            ),
-            holder or self.holder(),
-        )
-
-    async def take_account_rate(
-        self, account: str, *, limit_per_minute: int, timeout_s: float
-    ) -> WindowResult:
-        """One prediction creation from the account's sliding 60 s window.
-
-        The window is enforced where the token is taken, but Replicate counts where the create
-        lands; requests admitted at the edges of a window can travel with different delays
-        (queued behind other work, a slow connection), bringing two admissions that were 60 s
-        apart here closer than 60 s there. One second of margin absorbs that skew."""
-        return await self.window.wait_take(
-            f"{ACCOUNT}:{account}",
-            limit_per_minute,
-            timeout_s,
-            window_s=self.config.account_window_s,
-            limit_scope="account_rate",
-            limit_id=account,
-        )
-
     async def adopt_orphans(self, semaphore_id: str, *, kind: str, count: int) -> list[Orphan]:
         """Adopt up to `count` orphaned slots of a semaphore (docs/slot-ownership.md)."""
         return await self.semaphores.adopt(semaphore_id, kind, count)
-
-    async def take_account_rate_once(self, account: str, *, limit_per_minute: int) -> WindowResult:
-        """One try at the account's creation window: admitted with an entry, or the exact wait."""
-        return await self.window.take(
-            f"{ACCOUNT}:{account}", limit_per_minute, self.config.account_window_s
-        )
-
-    async def give_back_account_rate(self, account: str, entry_id: str) -> None:
-        """Return a creation-window entry whose create never happened."""
-        await self.window.give_back(f"{ACCOUNT}:{account}", entry_id)

@@ -1,9 +1,10 @@
 """Every Redis key and channel name, in one place (documented in docs/redis-keys.md).
 
 All keys of one semaphore share the hash tag `{<kind>:<id>}`, so each script touches one cluster
-slot. Kinds: `sem` (global semaphores, registered by id), `acct` (one per Replicate account
-fingerprint). Windows use `{win:<scope>}`, except an account's creation window, which shares
-its account's tag (`{acct:<fp>}:window`) so that one script can take a slot and an entry.
+slot. A kind is any short name: `sem` for global semaphores, registered by id; the service
+names its per-account semaphores `acct` (created on demand). A window has a tag of its own,
+`{win:<scope>}`, unless it is attached to a semaphore: then it shares the semaphore's tag
+(`{<kind>:<id>}:window`), so that one script can take a slot and an entry.
 
 Channels are not keys: a semaphore's wake channel `<base>:wake` carries plain wake-ups (a
 delete), and `<base>:wake:<token>` the grants to one process's waiters (the grant protocol:
@@ -15,7 +16,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-GLOBAL = "sem"
+GLOBAL = "sem"  # registered global semaphores
+# The kind the service gives its per-account semaphores (created on demand).
 ACCOUNT = "acct"
 
 
@@ -33,6 +35,9 @@ class SemaphoreKeys:
     pins: str
     orphans: str
     channel: str
+    # The window attached to this semaphore (not among `all`: only a call that takes an entry
+    # of it with a slot sends it).
+    window: str
 
     @property
     def all(self) -> list[str]:
@@ -55,6 +60,20 @@ class SemaphoreKeys:
 
 
 @dataclass(frozen=True)
+class AttachedWindow:
+    """A window attached to a semaphore: its log lives beside the semaphore, under the same
+    hash tag, so that acquiring a slot can take an entry of it in the same script call
+    (Coordinator.acquire's `window_limit`). Any other window is named by a scope string."""
+
+    semaphore_id: str
+    kind: str = GLOBAL
+
+
+# A sliding window: a scope of its own, or attached to a semaphore.
+WindowName = str | AttachedWindow
+
+
+@dataclass(frozen=True)
 class KeySpace:
     prefix: str = "rcg"
 
@@ -74,15 +93,15 @@ class KeySpace:
             pins=f"{base}:pins",
             orphans=f"{base}:orphans",
             channel=f"{base}:wake",
+            window=f"{base}:window",
         )
 
-    def window(self, scope: str) -> str:
-        # An account's creation window ("acct:<fp>") lives under the account's own hash tag,
-        # beside its concurrency semaphore, so that acquire_slot can take a slot and a window
-        # entry in one call. Every other window has a tag of its own.
-        if scope.startswith(f"{ACCOUNT}:"):
-            return f"{self.prefix}:{{{scope}}}:window"
-        return f"{self.prefix}:{{win:{scope}}}:log"
+    def window(self, window: WindowName) -> str:
+        """A window's log: one of its own (`{win:<scope>}`), or the one attached to a
+        semaphore, under the semaphore's hash tag (SemaphoreKeys.window)."""
+        if isinstance(window, AttachedWindow):
+            return self.semaphore(window.semaphore_id, window.kind).window
+        return f"{self.prefix}:{{win:{window}}}:log"
 
     @property
     def registry(self) -> str:

@@ -111,7 +111,7 @@ class Lease:
         self.renewed_at = time.monotonic()
         self.released = False
         # True when the acquiring call also took an entry of a rate window for the holder's
-        # first use of the slot (AcquireOptions.window); see Coordinator.acquire_account.
+        # first use of the slot (AcquireOptions.window); see Coordinator.acquire's window_limit.
         self.window_entry = False
         self.window_entry_id: str | None = None  # its id, to give it back unused
         self.window_wait_s = 0.0  # when no entry came: how long until the window has room

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import re
 from dataclasses import dataclass, field
 
 from .connection import RedisClient
@@ -46,6 +48,9 @@ class SemaphoreView:
     holders: list[HolderView] = field(default_factory=list)  # with detail only
     waiters: list[WaiterView] = field(default_factory=list)  # with detail only
     counters: dict[str, int] = field(default_factory=dict)
+
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 def check_limit(limit: object) -> int:
@@ -97,6 +102,26 @@ class SemaphoreRegistry:
         if stale:
             await guarded(self._client.srem(self._keyspace.registry, *stale))
         return [i for i, ok in zip(ids, present, strict=True) if ok]
+
+    async def scan(self, kind: str) -> builtins.list[str]:
+        """Ids of every semaphore of `kind` that exists, sorted: found with SCAN in pages (never
+        KEYS), on every primary of a Cluster. For kinds created on demand, which no index
+        lists (a semaphore created with a keys TTL exists until its keys expire)."""
+        template = self._keyspace.semaphore("\0", kind).meta
+        head, _, tail = template.partition("\0")
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", head) + "*" + _GLOB_SPECIAL.sub(r"\\\1", tail)
+        found: set[str] = set()
+
+        async def scan() -> None:
+            # scan_iter follows one server's cursor, or on a Cluster each primary's own cursor
+            # in turn (a Cluster's cursors are per node: one integer cursor would cover one node).
+            async for raw in self._client.scan_iter(match=pattern, count=1000):
+                name = text(raw)
+                if name.startswith(head) and name.endswith(tail):
+                    found.add(name[len(head) : len(name) - len(tail)])
+
+        await guarded(scan())
+        return sorted(found)
 
     async def set_limit(self, semaphore_id: str, limit: int) -> int:
         """The previous limit."""

@@ -3,9 +3,10 @@
 A remote lease is granted like any other (`Coordinator.acquire`: FIFO with every waiter), but
 from then on the *client* renews and releases it, through whichever replica it reaches. So:
 
-- it is taken out of `Semaphores.held` at once: this process's Renewer must not keep it alive
-  (a client that stopped renewing must lose its slot within one TTL), and `Coordinator.close`
-  must not release it (the client still holds it when this replica shuts down);
+- it is taken out of the held-lease book (`LeaseBook.held`) at once: this process's Renewer
+  must not keep it alive (a client that stopped renewing must lose its slot within one TTL),
+  and `Coordinator.close` must not release it (the client still holds it when this replica
+  shuts down);
 - renewing and releasing need nothing but the semaphore id and the lease id, and read everything
   else from Redis, so any replica can serve them;
 - its holder JSON carries `"remote": true`, and only leases so marked can be renewed or released
@@ -65,7 +66,7 @@ async def acquire_remote(
         semaphore_id, timeout_s=timeout_s, holder=remote_holder(coordinator, description)
     )
     # No await between the grant and this line: the Renewer can never have seen it.
-    coordinator.semaphores.held.pop(lease.lease_id, None)
+    coordinator.book.forget(lease)
     return lease
 
 
@@ -81,7 +82,7 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
     """Extend a live remote lease by one TTL. Its new expiry (Redis ms), or None when it is lost,
     unknown, not a remote lease, or its semaphore is gone."""
     keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
-    pipe = coordinator.redis.commands.pipeline(transaction=False)
+    pipe = coordinator.redis.pipeline(transaction=False)
     pipe.hget(keys.info, lease_id)
     pipe.hget(keys.meta, "epoch")
     raw_holder, epoch = await guarded(pipe.execute())
@@ -95,7 +96,7 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
         _calls(coordinator).renew_leases(
             semaphore_id,
             GLOBAL,
-            ttl_ms=coordinator.semaphores.lease_ttl_ms,
+            ttl_ms=coordinator.book.lease_ttl_ms,
             leases=[LeaseToRenew(lease_id, text(epoch), holder_json)],
         )
     )
@@ -105,7 +106,7 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
 async def release_remote(coordinator: Coordinator, semaphore_id: str, lease_id: str) -> bool:
     """Give back a remote lease. Idempotent: True only if a live slot was freed by this call."""
     keys = coordinator.keyspace.semaphore(semaphore_id, GLOBAL)
-    if not _is_remote(await guarded(coordinator.redis.commands.hget(keys.info, lease_id))):
+    if not _is_remote(await guarded(coordinator.redis.hget(keys.info, lease_id))):
         return False
     released = await guarded(
         _calls(coordinator).release_slot(semaphore_id, GLOBAL, lease_id=lease_id)

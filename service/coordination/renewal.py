@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 
 from service.aio import stop_task
 
+from .book import LeaseBook
 from .errors import CoordinationUnavailable
 from .keys import KeySpace
 from .lease import LOST_REASONS, UNRENEWED, Lease
@@ -40,24 +41,26 @@ from .nodes import NodeWatch
 from .redis_errors import guarded
 from .script_calls import LeaseToRenew, ScriptCalls
 from .scripts import Scripts
-from .semaphore import Semaphores
 
 log = logging.getLogger("service.coordination.renewal")
 
 
 class Renewer:
+    """Renews what the `book` holds (which it shares with Semaphores), strikes out what it
+    loses, and records in it a suspected data loss."""
+
     def __init__(
         self,
         *,
         scripts: Scripts,
         keyspace: KeySpace,
-        semaphores: Semaphores,
+        book: LeaseBook,
         nodes: NodeWatch,
         on_data_loss: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace
-        self._semaphores = semaphores
+        self._book = book
         self._nodes = nodes
         self._on_data_loss = on_data_loss
         self._task: asyncio.Task[None] | None = None
@@ -70,13 +73,10 @@ class Renewer:
         self.data_losses_seen = 0
         self.node_changes_seen = 0
         self.lost_total = 0
-        self.on_lost: list[Callable[[Lease], None]] = []
-        semaphores.renew_soon = self.renew_soon
-        semaphores.renew_now = self.renew_now
 
     @property
     def interval_s(self) -> float:
-        return self._semaphores.lease_ttl_s / 3
+        return self._book.lease_ttl_s / 3
 
     async def start(self) -> None:
         with contextlib.suppress(CoordinationUnavailable):
@@ -112,23 +112,20 @@ class Renewer:
         """Give up, locally, every lease whose last confirmed renewal is too old to trust (Redis
         unreachable, or this process stalled): its holder stops the work it guards (a
         generation cancels its prediction) before Redis could count the lease expired."""
-        for lease in list(self._semaphores.held.values()):
+        for lease in list(self._book.held.values()):
             if lease.released or lease.lost.is_set() or lease.is_valid():
                 continue
-            self._semaphores.held.pop(lease.lease_id, None)
             self.lost_total += 1
             log.warning(
                 "lease given up: not renewed in time",
                 extra={"semaphore_id": lease.semaphore_id, "kind": lease.kind},
             )
-            lease.mark_lost(UNRENEWED)
-            for listener in self.on_lost:
-                listener(lease)
+            self._book.lost(lease, UNRENEWED)
 
     def renew_soon(self, lease: Lease) -> None:
         """Renew a lease granted with less than a full TTL, soon and together with others."""
         self._soon[lease.lease_id] = lease
-        delay = min(self._semaphores.lease_ttl_s / 10, lease.valid_s / 4)
+        delay = min(self._book.lease_ttl_s / 10, lease.valid_s / 4)
         due = time.monotonic() + delay
         if due < self._soon_due:
             self._soon_due = due
@@ -183,7 +180,7 @@ class Renewer:
         lost = self.epoch is not None and noted.epoch != self.epoch
         if lost:
             self.data_losses_seen += 1
-            self._semaphores.suspect_all(self._semaphores.lease_ttl_s)
+            self._book.suspect_all(self._book.lease_ttl_s)
             log.warning("Redis lost its data (epoch changed); holding new acquisitions for one TTL")
         if changed:
             self.node_changes_seen += len(changed)
@@ -206,7 +203,7 @@ class Renewer:
 
     async def renew_all(self) -> None:
         groups: dict[tuple[str, str], list[Lease]] = defaultdict(list)
-        for lease in list(self._semaphores.held.values()):
+        for lease in list(self._book.held.values()):
             if not lease.released and not lease.lost.is_set():
                 groups[(lease.kind, lease.semaphore_id)].append(lease)
         if groups:
@@ -218,12 +215,12 @@ class Renewer:
         # epochs began on another node), or whenever this process suspects a loss there;
         # otherwise it was deleted and its leases are lost.
         sent_at = time.monotonic()
-        suspected = sent_at < self._semaphores.suspected_until(first.kind, first.semaphore_id)
+        suspected = sent_at < self._book.suspected_until(first.kind, first.semaphore_id)
         renewal = await guarded(
             self._calls.renew_leases(
                 first.semaphore_id,
                 first.kind,
-                ttl_ms=self._semaphores.lease_ttl_ms,
+                ttl_ms=self._book.lease_ttl_ms,
                 leases=[
                     # A lease this process no longer trusts (not renewed in time: it stalled)
                     # may be renewed if Redis still has it, never re-asserted ('').
@@ -235,7 +232,7 @@ class Renewer:
                     for lease in leases
                 ],
                 recreate_limit=first.limit,
-                grace_ms=self._semaphores.lease_ttl_ms,
+                grace_ms=self._book.lease_ttl_ms,
                 keys_ttl_ms=first.keys_ttl_ms,
                 recreate_always=suspected,
             )
@@ -245,7 +242,6 @@ class Renewer:
                 continue  # released while the renewal was in flight (not lost, just gone), or
                 # already reported lost by a concurrent renewal
             if not code.kept:
-                self._semaphores.held.pop(lease.lease_id, None)
                 self.lost_total += 1
                 reason = LOST_REASONS.get(code, UNRENEWED)
                 log.warning(
@@ -257,8 +253,6 @@ class Renewer:
                         "reason": reason,
                     },
                 )
-                lease.mark_lost(reason)
-                for listener in self.on_lost:
-                    listener(lease)
+                self._book.lost(lease, reason)
             else:
                 lease.renewed(renewal.expires_at_ms, renewal.epoch, sent_at)

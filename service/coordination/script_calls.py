@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Literal, Protocol
 
-from .keys import GLOBAL, KeySpace, SemaphoreKeys
+from .keys import GLOBAL, KeySpace, SemaphoreKeys, WindowName
 
 
 class ScriptRunner(Protocol):
@@ -388,11 +388,11 @@ class ScriptCalls:
         return int(await self._scripts.call("delete_semaphore", keys.all, [keys.channel])) == 1
 
     async def take_window(
-        self, scope: str, *, limit: int, window_ms: int, request_id: str
+        self, window: WindowName, *, limit: int, window_ms: int, request_id: str
     ) -> WindowTake:
-        """One entry of the sliding window `scope` (take_window.lua)."""
+        """One entry of a sliding window (take_window.lua)."""
         reply = await self._scripts.call(
-            "take_window", [self._keyspace.window(scope)], [limit, window_ms, request_id]
+            "take_window", [self._keyspace.window(window)], [limit, window_ms, request_id]
         )
         return WindowTake(
             admitted=int(reply[0]) == 1, remaining=int(reply[1]), wait_ms=int(reply[2])

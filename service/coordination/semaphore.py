@@ -51,34 +51,28 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from service.aio import shielded
 
+from .book import LeaseBook
+from .book import LeaseListener as LeaseListener  # re-exported
 from .errors import AcquireTimeout, CoordinationUnavailable, SemaphoreNotFound
 from .keys import GLOBAL, KeySpace
 from .lease import Holder, Lease
-from .nodes import NodeWatch
 from .redis_errors import guarded
+from .renewal import Renewer
 from .script_calls import Admitted, Missing, ReleaseOutcome, ScriptCalls
 from .script_calls import WindowAsk as WindowAsk  # AcquireOptions.window; re-exported
 from .scripts import Scripts
 from .wake import WakeDispatcher
 
-KNOWN_FOR_S = 3600.0
-KNOWN_MAX = 10_000
-
-# Called with (lease, seconds waited) on acquire and release, for metrics; must not block.
-LeaseListener = Callable[[Lease, float], None]
-
 
 @dataclass(frozen=True)
 class AcquireOptions:
-    """How one acquisition behaves. `create_limit` > 0 creates the semaphore on first use (account
-    semaphores); 0 means it must have been registered."""
+    """How one acquisition behaves. `create_limit` > 0 creates the semaphore on first use (a
+    kind created on demand, or a declared one); 0 means it must have been registered."""
 
     timeout_s: float
     kind: str = GLOBAL
@@ -106,6 +100,9 @@ class Orphan:
 
 
 class Semaphores:
+    """Acquires, adopts and releases slots; enters what it holds in the `book` it shares with
+    the `renewer`, which brings a slot granted by a release to a full TTL."""
+
     def __init__(
         self,
         *,
@@ -113,94 +110,36 @@ class Semaphores:
         keyspace: KeySpace,
         dispatcher: WakeDispatcher,
         replica_id: str,
-        lease_ttl_s: float,
         queue_entry_ttl_s: float,
-        nodes: NodeWatch | None = None,
+        book: LeaseBook,
+        renewer: Renewer,
     ) -> None:
         self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace
         self._dispatcher = dispatcher
         self._replica_id = replica_id
-        self.lease_ttl_s = lease_ttl_s
         self._queue_entry_ttl_ms = int(queue_entry_ttl_s * 1000)
-        self.held: dict[str, Lease] = {}
-        # Each node's tag and youth (nodes.py); None: no per-node detection (tests' doubles).
-        self.nodes = nodes
-        # Every semaphore is suspect until then (monotonic): the epoch key changed or vanished.
-        self.all_suspected_until = 0.0
-        # Semaphores this process used lately: if one of them is found missing, Redis lost it.
-        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
-        # Re-reads the epoch; awaited before this process first uses a semaphore, so that a
-        # semaphore it creates right after an unnoticed Redis restart still gets its grace.
-        self.refresh_epoch: Callable[[], Awaitable[None]] | None = None
-        self.on_acquired: list[LeaseListener] = []
-        # Told (kind, semaphore id) when a reply shows orphans waiting for adoption.
-        self.on_orphans: list[Callable[[str, str], None]] = []
-        self.on_released: list[LeaseListener] = []
-        # Set by the Renewer: bring a lease granted by a release (which lapses with its queue
-        # entry) to a full TTL, in the background with others, or now (detached leases).
-        self.renew_soon: Callable[[Lease], None] | None = None
-        self.renew_now: Callable[[Lease], Awaitable[None]] | None = None
+        self._book = book
+        self._renewer = renewer
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return self._book.lease_ttl_s
 
     @property
     def lease_ttl_ms(self) -> int:
-        return int(self.lease_ttl_s * 1000)
-
-    @property
-    def loss_suspected_until(self) -> float:
-        """Until when (monotonic) this process suspects a data loss anywhere: the epoch
-        changed, or some node is young (nodes.py). For visibility (service/grace.py); each
-        semaphore's own suspicion is `suspected_until`."""
-        young = self.nodes.young_until_any if self.nodes is not None else 0.0
-        return max(self.all_suspected_until, young)
-
-    def suspect_all(self, seconds: float) -> None:
-        """Suspect every semaphore for `seconds` (the epoch key changed or vanished)."""
-        self.all_suspected_until = max(self.all_suspected_until, time.monotonic() + seconds)
-
-    def suspected_until(self, kind: str, semaphore_id: str) -> float:
-        """Until when (monotonic) the node serving this semaphore may still be missing leases
-        it lost (it restarted or was promoted less than one TTL ago), or every node may."""
-        until = self.all_suspected_until
-        if self.nodes is not None:
-            meta = self._keyspace.semaphore(semaphore_id, kind).meta
-            until = max(until, self.nodes.young_until(meta))
-        return until
-
-    def node_hint(self, kind: str, semaphore_id: str) -> str:
-        """The tag of the node serving this semaphore, as last read ('' unknown)."""
-        if self.nodes is None:
-            return ""
-        return self.nodes.tag_for(self._keyspace.semaphore(semaphore_id, kind).meta)
-
-    def grace_ms_for(self, kind: str, semaphore_id: str) -> int:
-        """Grace to set if this call finds the semaphore gone. Any hint that its node lost
-        data means old holders may still run, so new acquisitions must wait while those
-        re-assert their leases: until the suspicion ends (the node restarted or was promoted
-        less than one TTL ago, or the epoch changed: that moment plus one TTL), or one TTL if
-        this process used the semaphore within the hour (far less than the keys' TTL), so it
-        was lost at some moment it cannot know."""
-        now = time.monotonic()
-        until = self.suspected_until(kind, semaphore_id)
-        if now < until:
-            return max(1, int((until - now) * 1000))
-        seen = self._known.get((kind, semaphore_id))
-        if seen is not None and now - seen < KNOWN_FOR_S:
-            return self.lease_ttl_ms
-        return 0
+        return self._book.lease_ttl_ms
 
     async def _grace_and_remember(self, kind: str, semaphore_id: str) -> int:
-        key = (kind, semaphore_id)
-        if key not in self._known and self.refresh_epoch is not None:
-            # Unreachable (the node holding the epoch is down): the tags known so far stand;
-            # a creation on a node whose tag is stale gets a full TTL (acquire_slot.lua).
+        if not self._book.is_known(kind, semaphore_id):
+            # Re-read the epoch before this process first uses a semaphore, so that one it
+            # creates right after an unnoticed Redis restart still gets its grace. Unreachable
+            # (the node holding the epoch is down): the tags known so far stand; a creation on
+            # a node whose tag is stale gets a full TTL (acquire_slot.lua).
             with contextlib.suppress(CoordinationUnavailable):
-                await self.refresh_epoch()
-        grace_ms = self.grace_ms_for(kind, semaphore_id)
-        self._known[key] = time.monotonic()
-        self._known.move_to_end(key)
-        while len(self._known) > KNOWN_MAX:
-            self._known.popitem(last=False)
+                await self._renewer.refresh_epoch()
+        grace_ms = self._book.grace_ms_for(kind, semaphore_id)
+        self._book.remember(kind, semaphore_id)
         return grace_ms
 
     async def acquire(
@@ -270,7 +209,7 @@ class Semaphores:
                         queue_ttl_ms=self._queue_entry_ttl_ms,
                         create_limit=options.create_limit,
                         grace_ms=grace_ms,
-                        node_hint=self.node_hint(options.kind, semaphore_id),
+                        node_hint=self._book.node_hint(options.kind, semaphore_id),
                         keys_ttl_ms=options.keys_ttl_ms,
                         window=options.window,
                         window_request_id=window_entry_id,
@@ -279,7 +218,7 @@ class Semaphores:
                 if isinstance(reply, Missing):
                     raise SemaphoreNotFound(semaphore_id)
                 if reply.orphans > 0:
-                    self._notice_orphans(options.kind, semaphore_id)
+                    self._book.orphans_seen(options.kind, semaphore_id)
                 if isinstance(reply, Admitted):
                     # Admitted, or granted earlier (then extended to a full TTL by this call):
                     # a grant message still on its way is stale.
@@ -303,7 +242,7 @@ class Semaphores:
                 await wake.wait(min(reply.retry_hint_ms / 1000, remaining))
                 # Should the semaphore vanish meanwhile, the next attempt re-creates it with
                 # the grace known now (the node's tag may have changed since).
-                grace_ms = self.grace_ms_for(options.kind, semaphore_id)
+                grace_ms = self._book.grace_ms_for(options.kind, semaphore_id)
         except BaseException as exc:
             if not acquired and (queue or not isinstance(exc, AcquireTimeout)):
                 # Also frees a slot granted to this id that it never took (or took too late).
@@ -316,9 +255,7 @@ class Semaphores:
             self._dispatcher.unregister(lease_id)
 
     def _admitted(self, lease: Lease, started: float) -> Lease:
-        self.held[lease.lease_id] = lease
-        for listener in self.on_acquired:
-            listener(lease, time.monotonic() - started)
+        self._book.acquired(lease, time.monotonic() - started)
         return lease
 
     async def _complete_grant(self, lease: Lease, *, confirm: bool = False) -> bool:
@@ -331,22 +268,16 @@ class Semaphores:
         before handing it over, whatever the message said. A message read late (this process
         was frozen while it waited) may name a grant that lapsed and was settled and granted
         again meanwhile; the renewal is the atomic check that it is still ours."""
-        if confirm and self.renew_now is not None:
-            await self.renew_now(lease)
+        if confirm:
+            await self._renewer.renew_now(lease)
             return not lease.lost.is_set()
         if lease.valid_s >= lease.ttl_s:
             return True
         if not lease.holder.detached:
-            if self.renew_soon is not None:
-                self.renew_soon(lease)
+            self._renewer.renew_soon(lease)
             return True
-        if self.renew_now is not None:
-            await self.renew_now(lease)
+        await self._renewer.renew_now(lease)
         return not lease.lost.is_set()
-
-    def _notice_orphans(self, kind: str, semaphore_id: str) -> None:
-        for listener in self.on_orphans:
-            listener(kind, semaphore_id)
 
     async def adopt(self, semaphore_id: str, kind: str, count: int) -> list[Orphan]:
         """Claim up to `count` orphans of a semaphore (adopt_orphans.lua): each becomes a lease
@@ -379,7 +310,7 @@ class Semaphores:
                 ),
                 keys_ttl_ms=0,
             )
-            self.held[claimed.lease_id] = lease
+            self._book.adopted(lease)
             orphans.append(
                 Orphan(
                     lease=lease,
@@ -393,12 +324,10 @@ class Semaphores:
 
     def forget(self, lease: Lease) -> None:
         """Stop renewing a lease without releasing it (Lease.abandon)."""
-        self.held.pop(lease.lease_id, None)
+        self._book.forget(lease)
 
     async def release(self, lease: Lease) -> bool:
-        self.held.pop(lease.lease_id, None)
-        for listener in self.on_released:
-            listener(lease, 0.0)
+        self._book.released(lease)
         return await self._release_id(lease.semaphore_id, lease.kind, lease.lease_id, "")
 
     async def _release_id(self, semaphore_id: str, kind: str, lease_id: str, counter: str) -> bool:

@@ -1,6 +1,8 @@
-"""An exact sliding-window rate limit: at most N admissions in any 60-second span.
+"""An exact sliding-window rate limit: at most N admissions in any span of a given length.
 
-A worked timeline, limit 2 per 60 s (Redis server time):
+A window is named by a scope of its own, or is attached to a semaphore (keys.AttachedWindow),
+whose slot acquisitions can then take an entry with the slot (Coordinator.acquire). A worked
+timeline, limit 2 per 60 s (Redis server time):
 
     t=0    take → log [0]        admitted, 1 left
     t=10   take → log [0,10]     admitted, 0 left
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from .connection import RedisClient
 from .errors import AcquireTimeout
-from .keys import KeySpace
+from .keys import KeySpace, WindowName
 from .redis_errors import guarded
 from .script_calls import ScriptCalls
 from .scripts import Scripts
@@ -42,11 +44,18 @@ class SlidingWindow:
         self._calls = ScriptCalls(scripts, keyspace)
         self._keyspace = keyspace
 
-    async def take(self, scope: str, limit: int, window_s: float = WINDOW_S) -> WindowResult:
+    def key(self, window: WindowName) -> str:
+        """The window's log (a sorted set: entry id -> Redis ms), for read-only readers."""
+        return self._keyspace.window(window)
+
+    async def take(
+        self, window: WindowName, limit: int, window_s: float = WINDOW_S
+    ) -> WindowResult:
+        """One try: admitted with an entry, or the exact wait until one frees."""
         entry_id = secrets.token_hex(8)
         taken = await guarded(
             self._calls.take_window(
-                scope, limit=limit, window_ms=int(window_s * 1000), request_id=entry_id
+                window, limit=limit, window_ms=int(window_s * 1000), request_id=entry_id
             )
         )
         return WindowResult(
@@ -56,32 +65,33 @@ class SlidingWindow:
             entry_id=entry_id if taken.admitted else "",
         )
 
-    async def give_back(self, scope: str, entry_id: str) -> None:
+    async def give_back(self, window: WindowName, entry_id: str) -> None:
         """Remove an entry whose admission was never used (the request it admitted was not
         made), so that it does not count against the window."""
-        await guarded(self._client.zrem(self._keyspace.window(scope), entry_id))
+        await guarded(self._client.zrem(self._keyspace.window(window), entry_id))
 
     async def wait_take(
         self,
-        scope: str,
+        window: WindowName,
         limit: int,
         timeout_s: float,
         *,
         window_s: float = WINDOW_S,
-        limit_scope: str = "account_rate",
+        limit_scope: str = "window",
         limit_id: str = "",
     ) -> WindowResult:
-        """Take, sleeping the exact wait the script names, for at most `timeout_s`."""
+        """Take, sleeping the exact wait the script names, for at most `timeout_s`; then
+        AcquireTimeout, naming `limit_scope` and `limit_id` (default: the window's scope)."""
         started = time.monotonic()
         while True:
-            result = await self.take(scope, limit, window_s)
+            result = await self.take(window, limit, window_s)
             if result.admitted:
                 return result
             waited = time.monotonic() - started
             if waited + result.wait_s > timeout_s:
                 raise AcquireTimeout(
                     scope=limit_scope,
-                    limit_id=limit_id or scope,
+                    limit_id=limit_id or _label(window),
                     limit=limit,
                     waited_s=waited,
                     retry_after_s=result.wait_s,
@@ -89,11 +99,15 @@ class SlidingWindow:
             # A little jitter so that waiters due at the same moment do not collide exactly.
             await asyncio.sleep(result.wait_s + secrets.randbelow(20) / 1000)
 
-    async def count(self, scope: str, window_s: float = WINDOW_S) -> int:
+    async def count(self, window: WindowName, window_s: float = WINDOW_S) -> int:
         """Admissions in the last window (for operators)."""
-        key = self._keyspace.window(scope)
+        key = self._keyspace.window(window)
         seconds, micros = await guarded(self._client.time())
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         return int(
             await guarded(self._client.zcount(key, now_ms - int(window_s * 1000) + 1, "+inf"))
         )
+
+
+def _label(window: WindowName) -> str:
+    return window if isinstance(window, str) else window.semaphore_id

@@ -82,9 +82,7 @@ class Jobs:
     ) -> None:
         self.settings = settings
         retention_s = settings.job_retention_seconds
-        self.store = JobStore(
-            coordinator.client, settings.redis_key_prefix, retention_s=retention_s
-        )
+        self.store = JobStore(coordinator.redis, settings.redis_key_prefix, retention_s=retention_s)
         sealing_key = settings.token_sealing_key
         # A job may wait in the queue, then run: its sealed token must open for its whole life.
         self.sealer = TokenSealer(
@@ -96,7 +94,7 @@ class Jobs:
         self.runner = JobRunner(self.store, generator, upstream, settings, self.sealer)
         secret = settings.webhook_secret
         self.webhooks = WebhookSender(
-            coordinator.client,
+            coordinator.redis,
             settings.redis_key_prefix,
             secret=secret.get_secret_value() if secret else None,
             retry_s=settings.webhook_retry_seconds,
@@ -106,7 +104,7 @@ class Jobs:
         self.runner.on_finished.append(self._job_finished)
         assert settings.redis_url is not None
         self.replicate = ReplicateWebhooks(
-            settings.redis_url, coordinator.client, settings.redis_key_prefix, upstream
+            settings.redis_url, coordinator.redis, settings.redis_key_prefix, upstream
         )
         self.runner.on_task.append(self._task_finished)
         self.counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)

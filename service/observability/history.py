@@ -18,7 +18,7 @@ What a record holds, and how reading merges the replicas' records of one bucket:
   (at most MAX_SEMAPHORES) and the accounts this replica admitted in the last 15 minutes or
   holds now (at most MAX_ACCOUNTS, the most recent): an account appears on the dashboard once
   some replica admitted it.
-- `a`, `t`, `w`: this replica's own admissions (Semaphores.on_acquired, by scope), the 429s
+- `a`, `t`, `w`: this replica's own admissions (Coordinator.on_acquired, by scope), the 429s
   Replicate sent it (the upstream_throttled_total counter) and its admissions' waits in
   buckets: summed over replicas. Rates are per minute over the seconds the bucket's records
   cover; p50 and p99 interpolate linearly inside the merged wait buckets (as Prometheus'
@@ -314,7 +314,7 @@ class HistorySampler:
         self._coordinator = coordinator
         self._metrics = metrics
         self.interval_s = interval_s
-        self.store = store or HistoryStore(coordinator.client, coordinator.keyspace.prefix)
+        self.store = store or HistoryStore(coordinator.redis, coordinator.prefix)
         self._accounts: OrderedDict[str, float] = OrderedDict()  # fingerprint → monotonic seen
         self._fresh = Record()  # events since the last sample
         self._record = Record()
@@ -322,12 +322,12 @@ class HistorySampler:
         self._record_started = self._last_sample = time.monotonic()
         self._throttled_seen = self._throttled_total()
         self._task: asyncio.Task[None] | None = None
-        coordinator.semaphores.on_acquired.append(self.observe_acquire)
+        coordinator.on_acquired.append(self.observe_acquire)
 
     # -- listening ------------------------------------------------------------------------
 
     def observe_acquire(self, lease: Lease, waited_s: float) -> None:
-        """Semaphores.on_acquired listener."""
+        """Coordinator.on_acquired listener."""
         self._fresh.admitted[0 if lease.kind == GLOBAL else 1] += 1
         self._fresh.waits[wait_bucket(waited_s)] += 1
         if lease.kind == ACCOUNT:
@@ -392,7 +392,7 @@ class HistorySampler:
         for account, seen in list(self._accounts.items()):
             if seen < cutoff:
                 del self._accounts[account]
-        for lease in list(self._coordinator.semaphores.held.values()):
+        for lease in list(self._coordinator.held_leases()):
             if lease.kind == ACCOUNT and lease.semaphore_id not in self._accounts:
                 self._seen(lease.semaphore_id)
         wanted = [(GLOBAL, i) for i in ids] + [(ACCOUNT, a) for a in reversed(self._accounts)]
@@ -436,4 +436,4 @@ class HistorySampler:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self.sample()
         with contextlib.suppress(ValueError):
-            self._coordinator.semaphores.on_acquired.remove(self.observe_acquire)
+            self._coordinator.on_acquired.remove(self.observe_acquire)

@@ -20,6 +20,7 @@ construction.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -57,6 +58,7 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x",
 CONTEXT_FIELDS = ("request_id", "replica_id", "model", "prediction_id", "semaphore_id")
 
 
+@functools.lru_cache(maxsize=4096)  # field names repeat: a regex search per line otherwise
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
@@ -107,25 +109,51 @@ class _ContextFields:
 
 # uvicorn's ANSI-coloured copy of its message: noise in a log line.
 _DROPPED = frozenset({"color_message"})
+_NOT_EXTRA = _RECORD_ATTRS | _DROPPED
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and k not in _DROPPED}
+    return {k: v for k, v in vars(record).items() if k not in _NOT_EXTRA}
+
+
+class _Timestamps:
+    """`2025-01-01T12:00:00.123Z` for a record's `created`, as
+    `datetime.fromtimestamp(created, UTC)` gives it (microseconds rounded half-even, then
+    truncated to milliseconds); the part up to the second is computed once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, created: float) -> str:
+        second = int(created)
+        micros = round((created - second) * 1_000_000)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            moment = datetime.fromtimestamp(second, UTC)
+            self._prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+            self._second = second
+        return f"{self._prefix}{micros // 1000:03d}Z"
+
+
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, redactor: Redactor | None = None) -> None:
         super().__init__()
         self.redactor = redactor or Redactor()
+        self._timestamps = _Timestamps()
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.fields(record), default=str, ensure_ascii=False)
+        return _ENCODER.encode(self.fields(record))
 
     def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         redact = self.redactor
-        moment = datetime.fromtimestamp(record.created, UTC)
         out: dict[str, Any] = {
-            "ts": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+            "ts": self._timestamps.format(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": redact.text(record.getMessage()),

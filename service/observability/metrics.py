@@ -8,7 +8,7 @@
     upstream_requests_total{kind}                     counter  create|poll|cancel|account|other
     upstream_throttled_total{kind}                    counter  (HTTP 429 from Replicate)
     semaphore_wait_seconds{scope}                     histogram scope: semaphore|account_concurrency
-    leases_lost_total{scope}                          counter  (Renewer.on_lost)
+    leases_lost_total{scope}                          counter  (Coordinator.on_lost)
     limit_timeouts_total{scope}                       counter  (a 429 naming the limit it waited on)
     event_loop_lag_seconds                            histogram how late the loop ran a timer
     event_loop_lag_max_seconds                        gauge    largest lag in the last 60 s
@@ -40,6 +40,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -98,6 +99,17 @@ def upstream_kind(method: str, path: str) -> str:
     if method == "GET" and parts == ["account"]:
         return "account"
     return "other"
+
+
+_MAX_CHILDREN = 4096  # label values are from small sets; past this, look them up each time
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(children: dict[K, V], key: K, child: V) -> None:
+    if len(children) < _MAX_CHILDREN:
+        children[key] = child
 
 
 @dataclass
@@ -249,6 +261,12 @@ class Metrics:
         )
         self.semaphores = SemaphoreCollector()
         r.register(self.semaphores)
+        # The labelled children of the per-request series, by label values: `.labels()` costs
+        # a lock and a few dict look-ups per call, several times per request.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._generation_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._upstream_children: dict[str, Counter] = {}
+        self._wait_children: dict[str, Histogram] = {}
         if process_metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -260,17 +278,37 @@ class Metrics:
         self.info.labels(version=version, replica_id=replica_id).set(1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        method = method if method in _METHODS else "OTHER"
-        self.http_requests.labels(route=route, method=method, status=str(status)).inc()
-        self.http_duration.labels(route=route, method=method).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = method if method in _METHODS else "OTHER"
+            children = (
+                self.http_requests.labels(route=route, method=label, status=str(status)),
+                self.http_duration.labels(route=route, method=label),
+            )
+            _remember(self._request_children, key, children)
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_generation(self, model: str, outcome: str, seconds: float) -> None:
         """Generator.on_outcome listener: (model, outcome, seconds)."""
-        self.generations.labels(model=model, outcome=outcome).inc()
-        self.generation_duration.labels(model=model).observe(seconds)
+        key = (model, outcome)
+        children = self._generation_children.get(key)
+        if children is None:
+            children = (
+                self.generations.labels(model=model, outcome=outcome),
+                self.generation_duration.labels(model=model),
+            )
+            _remember(self._generation_children, key, children)
+        children[0].inc()
+        children[1].observe(seconds)
 
     def upstream_request(self, kind: str) -> None:
-        self.upstream_requests.labels(kind=kind).inc()
+        child = self._upstream_children.get(kind)
+        if child is None:
+            child = self.upstream_requests.labels(kind=kind)
+            _remember(self._upstream_children, kind, child)
+        child.inc()
 
     def upstream_throttle(self, kind: str) -> None:
         self.upstream_throttled.labels(kind=kind).inc()
@@ -283,11 +321,16 @@ class Metrics:
             self.upstream_throttle(kind)
 
     def observe_acquire(self, lease: Lease, waited_s: float) -> None:
-        """Semaphores.on_acquired listener."""
-        self.semaphore_wait.labels(scope=lease_scope(lease)).observe(waited_s)
+        """Coordinator.on_acquired listener."""
+        scope = lease_scope(lease)
+        child = self._wait_children.get(scope)
+        if child is None:
+            child = self.semaphore_wait.labels(scope=scope)
+            _remember(self._wait_children, scope, child)
+        child.observe(waited_s)
 
     def observe_lost(self, lease: Lease) -> None:
-        """Renewer.on_lost listener."""
+        """Coordinator.on_lost listener."""
         self.leases_lost.labels(scope=lease_scope(lease)).inc()
 
     def observe_orphan(self, outcome: str, seconds: float) -> None:

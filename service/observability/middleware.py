@@ -116,10 +116,11 @@ class ObservabilityMiddleware:
             self.metrics.observe_request(route, method, status, seconds)
             if self.count_limit_timeouts and status == 429 and limit_scope:
                 self.metrics.observe_limit_timeout(limit_scope)
-        if scope.get("path") in self.quiet_paths:
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if scope.get("path") in self.quiet_paths or not access_log.isEnabledFor(level):
             return
         access_log.log(
-            logging.WARNING if status >= 500 else logging.INFO,
+            level,
             "%s %s %d",
             method,
             route,

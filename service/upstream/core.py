@@ -162,10 +162,14 @@ class Upstream:
         before_create: Hook | None = None,
         before_poll: Hook | None = None,
         on_created: CreatedHook | None = None,
+        on_running: CreatedHook | None = None,
         watch: RunWatch | None = None,
         keep_running: KeepRunning | None = None,
     ) -> PredictionResult:
         """Create a prediction of `model_ref` ("owner/name") and wait until it succeeds.
+
+        `on_created` is told the prediction's id once it is known; `on_running` too, unless the
+        create's answer was already terminal (a prediction done within the `Prefer: wait` hold).
 
         Raises Unauthorized, UpstreamRejected (404/422), UpstreamThrottled (429 after retries),
         PredictionFailed (failed/canceled/aborted/no output), CreateOutcomeUnknown, UpstreamError.
@@ -181,6 +185,7 @@ class Upstream:
                 before_create=before_create,
                 before_poll=before_poll,
                 on_created=on_created,
+                on_running=on_running,
                 keep_running=keep_running,
             )
             try:

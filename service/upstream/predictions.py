@@ -7,7 +7,8 @@ Timeline of `PredictionRun.execute` (prefer_wait_s=5, poll 1 s, growing 1.5x up 
       429 → sleep Retry-After → before_create() → POST ...   (≤ create_retries times)
       5xx / not sent → sleep backoff → before_create() → POST ...   (≤ transient_retries)
       < 5 s left before a POST → no POST: UpstreamError "timed out" (Replicate's minimum)
-    201 {"id": "abc", "status": "starting"}  → on_created("abc")
+    201 {"id": "abc", "status": "starting"}  → on_running("abc"), on_created("abc")
+                     (a create answered already terminal: on_created only)
     sleep 1.0  before_poll()  GET /v1/predictions/abc  processing
     sleep 1.5  before_poll()  GET ...                   processing (output may be there: not done)
     sleep 2.25 before_poll()  GET ...                   succeeded → PredictionResult
@@ -103,6 +104,7 @@ class PredictionRun:
         before_create: Hook | None = None,
         before_poll: Hook | None = None,
         on_created: CreatedHook | None = None,
+        on_running: CreatedHook | None = None,
         keep_running: KeepRunning | None = None,
     ) -> None:
         self._client = client
@@ -114,7 +116,10 @@ class PredictionRun:
         self._before_create = before_create
         self._before_poll = before_poll
         self._on_created = on_created
-        self._announced = False  # on_created called with the id
+        # Told the id only when the create's answer left the prediction running (what matters
+        # only while it runs: the slots' records, which an adopter cancels by).
+        self._on_running = on_running
+        self._announced = False  # on_created (and on_running) called with the id
         self._deadline = tuning.clock() + tuning.prediction_timeout_s
         self._interval_s = tuning.poll_interval_s
         self._account = account
@@ -164,11 +169,15 @@ class PredictionRun:
         return to_result(snapshot)
 
     async def _announce(self) -> None:
-        """Tell on_created the prediction's id, once."""
-        if self._announced or self.prediction_id is None or self._on_created is None:
+        """Tell the prediction's id, once: to on_running (unless it is terminal), then to
+        on_created."""
+        if self._announced or self.prediction_id is None:
             return
         self._announced = True
-        await self._on_created(self.prediction_id)
+        if self._on_running is not None and not self.terminal:
+            await self._on_running(self.prediction_id)
+        if self._on_created is not None:
+            await self._on_created(self.prediction_id)
 
     async def _interrupted(self, exc: BaseException) -> None:
         """The run ends early: its prediction, if still running, is cancelled — unless whoever
@@ -466,6 +475,8 @@ class PredictionRun:
         )
 
     def _log(self, level: int, event: str, **fields: Any) -> None:
+        if not logger.isEnabledFor(level):
+            return
         extra = {
             "event": event,
             "model": self._model,

@@ -11,6 +11,7 @@ import pytest
 
 from service.coordination import AcquireTimeout, Coordinator, CoordinatorConfig, KeySpace
 from service.embedded_redis import EmbeddedRedis
+from service.limits import AccountLimits
 
 
 @pytest.fixture
@@ -51,12 +52,12 @@ async def test_coordination_works_over_the_embedded_redis(embedded: EmbeddedRedi
         await second.release()
 
         for _ in range(2):
-            await coordinator.take_account_rate("acct", limit_per_minute=2, timeout_s=0.1)
+            await AccountLimits(coordinator).take_rate("acct", limit_per_minute=2, timeout_s=0.1)
         with pytest.raises(AcquireTimeout) as caught:
-            await coordinator.take_account_rate("acct", limit_per_minute=2, timeout_s=0.2)
+            await AccountLimits(coordinator).take_rate("acct", limit_per_minute=2, timeout_s=0.2)
         assert caught.value.scope == "account_rate"
 
-        lease = await coordinator.acquire_account("acct", limit=1, timeout_s=1)
+        lease = await AccountLimits(coordinator).acquire("acct", limit=1, timeout_s=1)
         await asyncio.sleep(1.5)  # renewed in the background (every TTL/3)
         assert lease.is_valid()
         await lease.release()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.redis
 
 # (what the step is, how to find the object that does it, its attribute)
 STEPS: dict[str, tuple[Callable[[Api], object], str]] = {
-    "account slot": (lambda api: api.services.coordinator, "acquire_account"),
+    "account slot": (lambda api: api.services.generator._limits.accounts, "acquire"),
     "external slot": (lambda api: api.services.coordinator, "acquire"),
     "poll pacing": (lambda api: api.services.coordinator.window, "take"),
     "prediction": (lambda api: api.services.upstream, "run_prediction"),
@@ -56,13 +56,15 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, target: object, name: str, fault:
     monkeypatch.setattr(target, name, failing)
 
 
-# Polls happen only when the prediction outlives the create's Prefer-wait hold (1 s here).
+# Polls happen, and the leases are annotated, only when the prediction outlives the create's
+# Prefer-wait hold (1 s here).
 SLOW = pytest.mark.simulator(latency_s=1.5)
+NEED_SLOW = {"poll pacing", "lease annotation"}
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize(
-    "step", [pytest.param(s, marks=[SLOW] if s == "poll pacing" else []) for s in STEPS]
+    "step", [pytest.param(s, marks=[SLOW] if s in NEED_SLOW else []) for s in STEPS]
 )
 async def test_a_fault_fails_one_task_with_a_json_error_and_frees_its_slots(
     api: Api, monkeypatch: pytest.MonkeyPatch, step: str, fault: str

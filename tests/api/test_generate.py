@@ -14,6 +14,7 @@ import pytest
 
 from service.coordination import ACCOUNT
 from service.fingerprint import token_fingerprint
+from service.limits import AccountLimits
 from tests.api.conftest import (
     ADMIN,
     BAD_TOKEN,
@@ -269,7 +270,8 @@ async def test_upstream_429_is_retried_then_succeeds(api: Api, simulator: Simula
     # Every create attempt took one window entry: the first with the account slot, the two
     # retries on their own.
     window = api.services.coordinator.window
-    assert await window.count(f"acct:{token_fingerprint(SERVER_TOKEN)}", window_s=61) == 3
+    account = AccountLimits.window(token_fingerprint(SERVER_TOKEN))
+    assert await window.count(account, window_s=61) == 3
 
 
 async def test_upstream_429_persisting_is_429_with_retry_after(

@@ -92,7 +92,7 @@ async def test_grant_answers_the_lease_and_detaches_it_from_the_replica(pair: Pa
     assert holder.lease_id == body["lease_id"]
     assert holder.replica == "remote via replica-a"
     assert holder.purpose == "billing-worker-7"
-    assert body["lease_id"] not in pair.a.coordinator.semaphores.held
+    assert body["lease_id"] not in pair.a.coordinator.book.held
 
 
 async def test_waiters_are_served_first_come_first_served_across_replicas(pair: Pair) -> None:

@@ -31,6 +31,7 @@ from service.config import Settings
 from service.coordination import Coordinator, KeySpace
 from service.errors import ServiceError
 from service.generation import Generator
+from service.limits import AccountLimits
 from service.observability.logs import configure_logging, remove_logging, request_id_var
 from service.observability.metrics import Metrics, upstream_kind
 from service.observability.metrics import router as metrics_router
@@ -80,8 +81,8 @@ def build_app(settings: Settings, *, extra_routes: bool = False) -> FastAPI:
         await coordinator.start()
         upstream = Upstream(settings.replicate_base_url)
         generator = Generator(coordinator, upstream, settings)
-        coordinator.semaphores.on_acquired.append(metrics.observe_acquire)
-        coordinator.renewer.on_lost.append(metrics.observe_lost)
+        coordinator.on_acquired.append(metrics.observe_acquire)
+        coordinator.on_lost.append(metrics.observe_lost)
         generator.on_outcome.append(metrics.observe_generation)
         app.state.services = Services(
             settings=settings, coordinator=coordinator, upstream=upstream, generator=generator
@@ -315,7 +316,7 @@ async def test_lost_leases_and_generation_outcomes_reach_the_counters(obs: Runni
     await coordinator.registry.create("local", 1)
     lease = await coordinator.acquire("local", timeout_s=1)
     # Redis forgets the lease (as if it expired while this process was frozen).
-    await coordinator.client.zrem(coordinator.keyspace.semaphore("local").holders, lease.lease_id)
+    await coordinator.redis.zrem(coordinator.keyspace.semaphore("local").holders, lease.lease_id)
     await coordinator.renewer.renew_all()
     assert lease.lost.is_set()
     for listener in obs.services.generator.on_outcome:
@@ -330,7 +331,7 @@ async def test_lost_leases_and_generation_outcomes_reach_the_counters(obs: Runni
 
 async def test_account_semaphores_never_become_labels(obs: Running) -> None:
     fingerprint = "0123abcd4567ef89"
-    lease = await obs.coordinator.acquire_account(fingerprint, limit=2, timeout_s=1)
+    lease = await AccountLimits(obs.coordinator).acquire(fingerprint, limit=2, timeout_s=1)
     text = (await obs.client.get("/metrics")).text
     await lease.release()
     assert value(text, "semaphore_wait_seconds_count", scope="account_concurrency") == 1

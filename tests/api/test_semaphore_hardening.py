@@ -175,7 +175,7 @@ async def test_delete_with_live_holders_sticks_and_ends_their_leases(api: Api) -
     lease = await coordinator.acquire("doomed", timeout_s=1)
     waiter = asyncio.create_task(coordinator.acquire("doomed", timeout_s=10))
     try:
-        await queued_ids(coordinator.client, keys.queue, 1)
+        await queued_ids(coordinator.redis, keys.queue, 1)
         deleted = await api.delete("/global-semaphores/doomed", headers=ADMIN)
         assert deleted.status_code == 200
         with pytest.raises(SemaphoreNotFound):
@@ -185,7 +185,7 @@ async def test_delete_with_live_holders_sticks_and_ends_their_leases(api: Api) -
         waiter.cancel()
         await lease.release()
     # Renewals did not re-create it: gone from Redis, from the list and from GET.
-    assert await coordinator.client.exists(*keys.all) == 0
+    assert await coordinator.redis.exists(*keys.all) == 0
     assert (await api.get("/global-semaphores")).json()["count"] == 0
     assert (await api.get("/global-semaphores/doomed")).status_code == 404
 

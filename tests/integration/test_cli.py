@@ -23,6 +23,7 @@ from service.cli.parser import SEMAPHORE_ID_PATTERN
 from service.cli.render import CLEAR_SCREEN
 from service.config import SEMAPHORE_ID_PATTERN as SERVICE_ID_PATTERN
 from service.coordination import Coordinator, CoordinatorConfig, Lease
+from service.limits import AccountLimits
 from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,9 +256,11 @@ async def test_window_shows_admissions_next_free_slot_and_the_account_semaphore(
 ) -> None:
     c = coordinator
     for _ in range(3):
-        assert (await c.take_account_rate(FP, limit_per_minute=10, timeout_s=0)).admitted
+        assert (await AccountLimits(c).take_rate(FP, limit_per_minute=10, timeout_s=0)).admitted
     await c.window.take(f"acct-poll:{FP}", 100)
-    lease = await c.acquire_account(FP, limit=4, timeout_s=1, holder=c.holder("generate sdxl"))
+    lease = await AccountLimits(c).acquire(
+        FP, limit=4, timeout_s=1, holder=c.holder("generate sdxl")
+    )
 
     full = (await cli(redis_url, "window", FP, "--limit", "3", "--json")).json()
     creations = full["creations"]

@@ -19,6 +19,7 @@ from service.coordination import (
     SemaphoreNotFound,
 )
 from service.coordination.remote import acquire_remote, release_remote
+from service.limits import AccountLimits
 from tests.fixtures.redis_server import RedisServer, queued_ids
 
 pytestmark = pytest.mark.redis
@@ -95,17 +96,17 @@ async def test_leases_are_renewed_while_held(redis_url: str) -> None:
 
 async def test_account_limits_are_created_on_first_use(redis_url: str) -> None:
     c = await connect(redis_url)
-    a = await c.acquire_account("fp1", limit=1, timeout_s=1)
+    a = await AccountLimits(c).acquire("fp1", limit=1, timeout_s=1)
     with pytest.raises(AcquireTimeout) as raised:
-        await c.acquire_account("fp1", limit=1, timeout_s=0.2)
+        await AccountLimits(c).acquire("fp1", limit=1, timeout_s=0.2)
     assert raised.value.scope == "account_concurrency"
-    other = await c.acquire_account("fp2", limit=1, timeout_s=1)  # accounts are independent
+    other = await AccountLimits(c).acquire("fp2", limit=1, timeout_s=1)  # accounts are independent
     await a.release()
     await other.release()
-    assert (await c.take_account_rate("fp1", limit_per_minute=2, timeout_s=0)).admitted
-    assert (await c.take_account_rate("fp1", limit_per_minute=2, timeout_s=0)).admitted
+    assert (await AccountLimits(c).take_rate("fp1", limit_per_minute=2, timeout_s=0)).admitted
+    assert (await AccountLimits(c).take_rate("fp1", limit_per_minute=2, timeout_s=0)).admitted
     with pytest.raises(AcquireTimeout) as raised:
-        await c.take_account_rate("fp1", limit_per_minute=2, timeout_s=0.5)
+        await AccountLimits(c).take_rate("fp1", limit_per_minute=2, timeout_s=0.5)
     assert raised.value.scope == "account_rate"
     assert 60 <= raised.value.retry_after_s <= 61.1  # 60 s window + 1 s margin for skew
     await c.close()
@@ -123,15 +124,15 @@ async def test_a_free_account_slot_comes_with_a_window_entry_in_the_same_call(
         return await plain_call(name, keys, args)
 
     c.scripts.call = call  # type: ignore[method-assign]
-    a = await c.acquire_account("fpw", limit=2, timeout_s=1, limit_per_minute=1)
+    a = await AccountLimits(c).acquire("fpw", limit=2, timeout_s=1, limit_per_minute=1)
     assert calls == ["acquire_slot"]  # slot and window entry: one call
     assert a.window_entry
-    assert await c.window.count("acct:fpw", window_s=61) == 1
+    assert await c.window.count(AccountLimits.window("fpw"), window_s=61) == 1
     # The window is full: a second slot comes without an entry, and the window still says no.
-    b = await c.acquire_account("fpw", limit=2, timeout_s=1, limit_per_minute=1)
+    b = await AccountLimits(c).acquire("fpw", limit=2, timeout_s=1, limit_per_minute=1)
     assert not b.window_entry
     with pytest.raises(AcquireTimeout):
-        await c.take_account_rate("fpw", limit_per_minute=1, timeout_s=0.2)
+        await AccountLimits(c).take_rate("fpw", limit_per_minute=1, timeout_s=0.2)
     await a.release()
     await b.release()
     await c.close()
@@ -145,7 +146,7 @@ async def test_redis_down_fails_fast_with_a_specific_error(own_redis_server: Red
     with pytest.raises(CoordinationUnavailable):
         await c.acquire("down", timeout_s=10)
     with pytest.raises(CoordinationUnavailable):
-        await c.take_account_rate("fp", limit_per_minute=5, timeout_s=10)
+        await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=10)
     assert time.monotonic() - started < 5
     assert not await c.ping()
     own_redis_server.start()
@@ -195,8 +196,8 @@ async def test_window_cost_does_not_grow_with_the_limit(redis_url: str) -> None:
     await client.config_set("slowlog-log-slower-than", 1000)  # 1 ms
     await client.slowlog_reset()
     for _ in range(10_000):
-        await c.window.take("acct:big", 10_000)
-    result = await c.window.take("acct:big", 10_000)
+        await c.window.take(AccountLimits.window("big"), 10_000)
+    result = await c.window.take(AccountLimits.window("big"), 10_000)
     assert not result.admitted and 50 <= result.wait_s <= 60.1
     slow = [
         entry for entry in await client.slowlog_get(128) if b"evalsha" in entry["command"].lower()
@@ -337,11 +338,11 @@ async def test_a_waiter_cancelled_right_after_its_grant_leaves_no_holder(
     lease = await asyncio.wait_for(behind, 5)
     holders = [m.decode() for m in await redis_client.zrange(keys.holders, 0, -1)]
     assert holders == [lease.lease_id]
-    assert doomed_id not in c.semaphores.held
+    assert doomed_id not in c.book.held
     await lease.release()
     assert await redis_client.zcard(keys.holders) == 0
     assert await redis_client.zcard(keys.queue) == 0
-    assert c.semaphores.held == {}
+    assert c.book.held == {}
     await c.close()
 
 
@@ -390,7 +391,7 @@ async def test_a_detached_lease_is_handed_over_with_a_full_ttl(
     assert c.dispatcher.grants_received == 1
     # Its client renews by the TTL it is told, so the grant was renewed before it was answered.
     assert lease.expires_at_ms - await redis_ms(redis_client) > 28_000
-    assert lease.lease_id not in c.semaphores.held
+    assert lease.lease_id not in c.book.held
     info = await redis_client.hget(keys.info, lease.lease_id)
     assert info is not None and b'"remote":true' in info and b'"purpose":"x"' in info
     assert await release_remote(c, "remote-grant", lease.lease_id)

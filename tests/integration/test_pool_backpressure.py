@@ -49,7 +49,7 @@ async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(
     sync = own_redis_server.sync_client()
     before = opened(sync)
     c = await connect(own_redis_server, sync)
-    bound = c.client.connection_pool.max_connections
+    bound = c.redis.connection_pool.max_connections
     assert calls > bound
     results = await asyncio.gather(
         *(c.window.take(f"burst:{i % 50}", 1_000_000) for i in range(calls)),
@@ -67,7 +67,7 @@ async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_failing(
 
 async def test_the_pool_makes_hiredis_packing_connections(redis_url: str) -> None:
     coordinator = await Coordinator.connect(redis_url, replica_id="test", max_connections=7)
-    pool = coordinator.client.connection_pool
+    pool = coordinator.redis.connection_pool
     assert isinstance(pool, BoundedConnectionPool)
     assert pool.max_connections == 7
     assert pool.connection_class is HiredisPackingConnection
@@ -82,7 +82,7 @@ async def test_a_pool_wait_that_runs_out_fails_closed_as_saturation(
     c = await connect(
         own_redis_server, sync, max_connections=2, pool_wait_s=0.2, redis_timeout_s=30
     )
-    holders = [asyncio.create_task(c.client.blpop(["hold"], timeout=25)) for _ in range(2)]
+    holders = [asyncio.create_task(c.redis.blpop(["hold"], timeout=25)) for _ in range(2)]
     await until(lambda: int(sync.info("clients")["blocked_clients"]) == 2, "both held")
 
     with pytest.raises(CoordinationSaturated) as raised:
@@ -107,9 +107,9 @@ async def test_cancelled_waiters_leave_the_bound_as_it_was(own_redis_server: Red
     c = await connect(
         own_redis_server, sync, max_connections=1, pool_wait_s=0.2, redis_timeout_s=30
     )
-    holder = asyncio.create_task(c.client.blpop(["hold"], timeout=25))
+    holder = asyncio.create_task(c.redis.blpop(["hold"], timeout=25))
     await until(lambda: int(sync.info("clients")["blocked_clients"]) == 1, "the one held")
-    pool = c.client.connection_pool
+    pool = c.redis.connection_pool
     assert isinstance(pool, BoundedConnectionPool)
     waiters = [asyncio.create_task(c.window.take("w", 10)) for _ in range(5)]
     await until(lambda: pool.waiting == 5, "five callers waiting for the connection")
@@ -122,7 +122,7 @@ async def test_cancelled_waiters_leave_the_bound_as_it_was(own_redis_server: Red
     # The one connection is free again (nothing a waiter took was kept) ...
     assert (await c.window.take("w", 10)).admitted
     # ... and there is still only one (nothing a waiter did not take was given back).
-    holder = asyncio.create_task(c.client.blpop(["hold"], timeout=25))
+    holder = asyncio.create_task(c.redis.blpop(["hold"], timeout=25))
     await until(lambda: int(sync.info("clients")["blocked_clients"]) == 1, "the one held")
     with pytest.raises(CoordinationSaturated):
         await c.window.take("w", 10)

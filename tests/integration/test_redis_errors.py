@@ -25,6 +25,7 @@ from service.coordination import (
     CoordinatorConfig,
 )
 from service.coordination.redis_errors import unavailable
+from service.limits import AccountLimits
 from tests.api.conftest import ADMIN, mark_store_known, running_api, settings_for
 from tests.fixtures.ports import free_port
 from tests.fixtures.redis_server import RedisServer, require_redis_binary
@@ -62,13 +63,13 @@ async def connect(url: str) -> Coordinator:
 async def assert_fails_closed(c: Coordinator, reason: str, *, take: bool = True) -> None:
     """An acquire and a window take (both scripts that write) are refused with `reason`."""
     with pytest.raises(CoordinationUnavailable) as acquire:
-        await c.acquire_account("fp", limit=5, timeout_s=1)
+        await AccountLimits(c).acquire("fp", limit=5, timeout_s=1)
     assert reason in acquire.value.reason
     assert reason in str(acquire.value)  # the message
     assert acquire.value.detail  # redis-py's own words, for logs
     if take:
         with pytest.raises(CoordinationUnavailable) as took:
-            await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+            await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
         assert reason in took.value.reason
 
 
@@ -94,7 +95,7 @@ async def test_a_full_redis_fails_closed_and_recovers_when_memory_is_back(
 ) -> None:
     sync = own_redis_server.sync_client()  # the fixture runs it with noeviction
     c = await connect(own_redis_server.url)
-    held = await c.acquire_account("held", limit=5, timeout_s=1)
+    held = await AccountLimits(c).acquire("held", limit=5, timeout_s=1)
     sync.config_set("maxmemory", 1)
     await assert_fails_closed(c, "out of memory", take=False)
     with pytest.raises(CoordinationUnavailable, match="out of memory"):
@@ -102,13 +103,13 @@ async def test_a_full_redis_fails_closed_and_recovers_when_memory_is_back(
     # Redis refuses a script only at its first write, and only if that write can grow memory.
     # take_window's first write trims the log, so the take goes on and its admission is
     # recorded: over maxmemory, never over the limit.
-    assert (await c.take_account_rate("fp", limit_per_minute=1, timeout_s=1)).admitted
+    assert (await AccountLimits(c).take_rate("fp", limit_per_minute=1, timeout_s=1)).admitted
     with pytest.raises(AcquireTimeout):
-        await c.take_account_rate("fp", limit_per_minute=1, timeout_s=0)
+        await AccountLimits(c).take_rate("fp", limit_per_minute=1, timeout_s=0)
     await held.release()  # freeing a slot writes nothing new: a full Redis still allows it
     sync.config_set("maxmemory", 0)
     # (A new id: one whose acquire failed is remembered as used, and would get a grace period.)
-    lease = await c.acquire_account("after", limit=5, timeout_s=1)
+    lease = await AccountLimits(c).acquire("after", limit=5, timeout_s=1)
     await lease.release()
     await c.close()
     sync.close()
@@ -143,7 +144,7 @@ async def test_a_redis_loading_its_dataset_fails_closed(own_redis_server: RedisS
         sync.replicaof("127.0.0.1", own_redis_server.port)
         await until(lambda: sync.info("persistence")["loading"] == 1, "the replica loading")
         with pytest.raises(CoordinationUnavailable) as raised:
-            await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+            await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
         assert "loading its dataset" in raised.value.reason
         await c.close()
         sync.close()
@@ -201,7 +202,7 @@ async def test_a_redis_at_maxclients_fails_closed_with_its_reason(
     sync.config_set("maxclients", 1)  # this client is the one
     c = Coordinator(CoordinatorConfig(redis_url=own_redis_server.url, replica_id="test"))
     with pytest.raises(CoordinationUnavailable) as raised:
-        await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+        await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
     assert "maxclients" in raised.value.reason
     sync.config_set("maxclients", 10000)
     await c.close()
@@ -210,13 +211,13 @@ async def test_a_redis_at_maxclients_fails_closed_with_its_reason(
 
 async def test_scripts_come_back_after_a_script_flush(redis_url: str) -> None:
     c = await connect(redis_url)
-    await (await c.acquire_account("fp", limit=1, timeout_s=1)).release()
-    await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+    await (await AccountLimits(c).acquire("fp", limit=1, timeout_s=1)).release()
+    await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
     sync = redis.Redis.from_url(redis_url)
     sync.script_flush()  # every EVALSHA now answers NOSCRIPT once: redis-py loads and retries
     sync.close()
-    await (await c.acquire_account("fp", limit=1, timeout_s=1)).release()
-    await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+    await (await AccountLimits(c).acquire("fp", limit=1, timeout_s=1)).release()
+    await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
     await c.close()
 
 
@@ -259,7 +260,7 @@ async def test_cluster_and_persistence_refusals_fail_closed(error_line: bytes, r
     async with answering(error_line) as url:
         c = Coordinator(CoordinatorConfig(redis_url=url, replica_id="test"))
         with pytest.raises(CoordinationUnavailable) as raised:
-            await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+            await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
         assert reason in raised.value.reason
         await c.close()
 
@@ -268,7 +269,7 @@ async def test_a_script_error_is_a_bug_and_surfaces_as_itself() -> None:
     async with answering(b"-ERR user_script:1: Script attempted to access a global") as url:
         c = Coordinator(CoordinatorConfig(redis_url=url, replica_id="test"))
         with pytest.raises(redis.exceptions.ResponseError) as raised:
-            await c.take_account_rate("fp", limit_per_minute=5, timeout_s=1)
+            await AccountLimits(c).take_rate("fp", limit_per_minute=5, timeout_s=1)
         assert not isinstance(raised.value, CoordinationUnavailable)
         await c.close()
 

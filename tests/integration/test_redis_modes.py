@@ -39,6 +39,7 @@ from service.coordination.subscriber import (
     SubscriptionLost,
 )
 from service.coordination_errors import unavailable as http_unavailable
+from service.limits import ACCOUNT_WINDOW_S, AccountLimits
 from tests.fixtures.redis_cluster import RedisClusterNodes
 from tests.fixtures.redis_sentinel import RedisSentinelSet
 from tests.fixtures.redis_server import EPOCH_PREFIX, require_redis_binary
@@ -230,7 +231,7 @@ async def test_a_release_hands_the_slot_to_a_waiter_of_another_process_by_messag
     await until(lambda: bool(b.dispatcher._events), "b's waiter registered")
     # The waiter is queued in Redis before the release.
     deadline = time.monotonic() + 5
-    while not await b.client.zcard(keys.queue):
+    while not await b.redis.zcard(keys.queue):
         assert time.monotonic() < deadline, "the waiter never queued"
         await asyncio.sleep(0.01)
     released_at = time.monotonic()
@@ -265,17 +266,17 @@ async def test_the_cli_readers_scan_every_node_and_read_windows(deployment: Depl
     c = await deployment.coordinator()
     # Fingerprints whose keys land in many slots: on a Cluster, on every primary.
     accounts = [f"fp{i:02d}" for i in range(24)]
-    leases = [await c.acquire_account(a, limit=2, timeout_s=5) for a in accounts]
+    leases = [await AccountLimits(c).acquire(a, limit=2, timeout_s=5) for a in accounts]
     if deployment.cluster is not None:
         nodes = {
             deployment.cluster.node_for_key(c.keyspace.semaphore(a, ACCOUNT).meta).port
             for a in accounts
         }
         assert len(nodes) == 3, "the accounts span every primary"
-    assert await scan_accounts(c.client, c.keyspace) == accounts
-    await c.take_account_rate("fp00", limit_per_minute=5, timeout_s=1)
+    assert await scan_accounts(c) == accounts
+    await AccountLimits(c).take_rate("fp00", limit_per_minute=5, timeout_s=1)
     report = await read_window(
-        c.client, c.keyspace, f"{ACCOUNT}:fp00", 5, c.config.account_window_s
+        c, AccountLimits.window("fp00"), 5, ACCOUNT_WINDOW_S, scope=f"{ACCOUNT}:fp00"
     )
     assert (report.admissions, report.remaining) == (1, 4)
     # The CLI itself, configured by the service's variables.
@@ -380,7 +381,7 @@ async def test_a_killed_cluster_primary_fails_closed_until_its_replica_takes_ove
         await lease.release()
         victim = own_cluster.node_for_key(a.keyspace.semaphore("ha").meta)
         # A subscription on the node about to die (the source tries the nodes in turn).
-        source = ClusterSubscriptionSource(a.redis.commands)  # type: ignore[arg-type]
+        source = ClusterSubscriptionSource(a.redis)  # type: ignore[arg-type]
         received: list[bytes] = []
         subscription = await Subscription.open(source, ["probe:*"], received.append, 2)
         for _ in range(len(own_cluster.nodes)):
@@ -402,7 +403,7 @@ async def test_a_killed_cluster_primary_fails_closed_until_its_replica_takes_ove
         moved = await Subscription.open(source, ["probe:*"], received.append, 2)
         try:
             assert moved.address != ("127.0.0.1", victim.port)
-            await a.client.publish("probe:1", b"after the failover")
+            await a.redis.publish("probe:1", b"after the failover")
             await until(lambda: received == [b"after the failover"], "the message", 5)
         finally:
             moved.close()
@@ -464,7 +465,7 @@ async def test_a_manual_sentinel_failover_is_followed_by_callers_and_the_subscri
     try:
         a = await deployment.coordinator(replica_id="a")
         await a.registry.create("manual", 1)
-        pool = a.redis.commands.connection_pool
+        pool = a.redis.connection_pool
         received: list[bytes] = []
         subscription = await Subscription.open(
             PoolSubscriptionSource(pool), ["probe:*"], received.append, 2

@@ -186,7 +186,7 @@ async def test_cancellation_at_random_points_leaves_no_holder_or_waiter(
     keys = c.keyspace.semaphore("cancel")
     assert await redis_client.zcard(keys.holders) == 0
     assert await redis_client.zcard(keys.queue) == 0
-    assert c.semaphores.held == {}
+    assert c.book.held == {}
     await c.close()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.coordination import ACCOUNT, GLOBAL, Coordinator, SemaphoreNotFound, SemaphoreView
+from service.limits import AccountLimits
 from service.observability.history import (
     BUCKET_S,
     HISTORY_S,
@@ -198,12 +199,6 @@ class FakeLease:
     kind: str
 
 
-@dataclass
-class FakeSemaphores:
-    on_acquired: list[Any] = field(default_factory=list)
-    held: dict[str, FakeLease] = field(default_factory=dict)
-
-
 class FakeRegistry:
     def __init__(self) -> None:
         self.views: dict[tuple[str, str], SemaphoreView] = {}
@@ -219,18 +214,17 @@ class FakeRegistry:
             raise SemaphoreNotFound(semaphore_id) from None
 
 
-@dataclass
-class FakeKeySpace:
-    prefix: str = "rcg"
-
-
 class FakeCoordinator:
     def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-        self.keyspace = FakeKeySpace()
+        self.redis = client
+        self.prefix = "rcg"
         self.replica_id = "api-1"
-        self.semaphores = FakeSemaphores()
+        self.on_acquired: list[Any] = []
+        self.held: dict[str, FakeLease] = {}
         self.registry = FakeRegistry()
+
+    def held_leases(self) -> list[FakeLease]:
+        return list(self.held.values())
 
 
 def sampler_for(coordinator: FakeCoordinator, metrics: Metrics | None = None) -> HistorySampler:
@@ -242,12 +236,12 @@ async def test_the_sampler_records_admissions_waits_429s_and_peaks(fake: aioredi
     metrics = Metrics(process_metrics=False)
     metrics.upstream_throttle("create")  # before the sampler: not this replica's history
     sampler = sampler_for(coordinator, metrics)
-    assert coordinator.semaphores.on_acquired == [sampler.observe_acquire]
+    assert coordinator.on_acquired == [sampler.observe_acquire]
     coordinator.registry.listed = ["gpu", "gone"]  # "gone" is deleted between list and view
     coordinator.registry.views[(GLOBAL, "gpu")] = SemaphoreView("gpu", limit=4, in_use=3, waiting=2)
     coordinator.registry.views[(ACCOUNT, "f00d")] = SemaphoreView("f00d", 60, in_use=1, waiting=0)
 
-    for listener in coordinator.semaphores.on_acquired:
+    for listener in coordinator.on_acquired:
         listener(FakeLease("gpu", GLOBAL), 0.0005)
         listener(FakeLease("f00d", ACCOUNT), 0.7)
         listener(FakeLease("f00d", ACCOUNT), 0.7)
@@ -278,7 +272,7 @@ async def test_the_sampler_records_admissions_waits_429s_and_peaks(fake: aioredi
     assert total.waits == waits(b0=2, b9=2)
     assert total.gauges == {"sem:gpu": [3, 2, 4], "acct:f00d": [1, 0, 60]}
     await sampler.close()
-    assert coordinator.semaphores.on_acquired == []
+    assert coordinator.on_acquired == []
 
 
 async def test_the_sampler_names_recent_and_held_accounts_within_its_caps(
@@ -333,7 +327,7 @@ async def test_a_real_coordinator_samples_its_limits_and_a_replica_stays_small(
         await coordinator.registry.create("gpu", 2)
         leases = [await coordinator.acquire("gpu", timeout_s=1) for _ in range(2)]
         account = "0123456789abcdef"
-        leases.append(await coordinator.acquire_account(account, limit=3, timeout_s=1))
+        leases.append(await AccountLimits(coordinator).acquire(account, limit=3, timeout_s=1))
         await sampler.sample()
         history = await sampler.store.read()
         by_id = {s.semaphore_id: s for s in history.limits}

@@ -8,6 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from service.coordination.book import LeaseBook
 from service.coordination.keys import GLOBAL, KeySpace
 from service.coordination.nodes import ONE_NODE, NodeState, NodeWatch
 from service.coordination.script_calls import (
@@ -18,9 +19,6 @@ from service.coordination.script_calls import (
     ScriptCalls,
 )
 from service.coordination.scripts import Scripts
-from service.coordination.semaphore import Semaphores
-from service.coordination.subscriber import SubscriptionSource
-from service.coordination.wake import WakeDispatcher
 from tests.unit.script_harness import FakeClock, Harness, done
 
 TTL_MS = 1000
@@ -165,20 +163,12 @@ def test_a_store_without_an_epoch_is_young_until_one_ttl_after_each_node_started
 
 
 def test_a_semaphore_gone_from_a_young_node_waits_out_what_is_left_of_its_youth() -> None:
-    """Semaphores.grace_ms_for: the rest of the suspicion of the node serving it (or of every
+    """LeaseBook.grace_ms_for: the rest of the suspicion of the node serving it (or of every
     node), not a full TTL; a full TTL only for a semaphore this process used lately."""
     client = aioredis.Redis()  # never connects here
     scripts = Scripts(client)
     nodes = NodeWatch(client=client, calls=ScriptCalls(scripts, KeySpace()), lease_ttl_s=30)
-    semaphores = Semaphores(
-        scripts=scripts,
-        keyspace=KeySpace(),
-        dispatcher=WakeDispatcher(SubscriptionSource(), "rcg:{*}:wake"),
-        replica_id="r",
-        lease_ttl_s=30,
-        queue_entry_ttl_s=10,
-        nodes=nodes,
-    )
+    semaphores = LeaseBook(keyspace=KeySpace(), lease_ttl_s=30, nodes=nodes)
     assert semaphores.grace_ms_for(GLOBAL, "s") == 0
     assert semaphores.node_hint(GLOBAL, "s") == ""
     nodes.nodes[ONE_NODE] = NodeState(tag="t" * 16, young_until=time.monotonic() + 2.0)

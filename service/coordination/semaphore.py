@@ -130,7 +130,7 @@ class Semaphores:
     def lease_ttl_ms(self) -> int:
         return self._book.lease_ttl_ms
 
-    async def _grace_and_remember(self, kind: str, semaphore_id: str) -> int:
+    async def _first_use_grace(self, kind: str, semaphore_id: str) -> int:
         if not self._book.is_known(kind, semaphore_id):
             # Re-read the epoch before this process first uses a semaphore, so that one it
             # creates right after an unnoticed Redis restart still gets its grace. Unreachable
@@ -138,9 +138,7 @@ class Semaphores:
             # a node whose tag is stale gets a full TTL (acquire_slot.lua).
             with contextlib.suppress(CoordinationUnavailable):
                 await self._renewer.refresh_epoch()
-        grace_ms = self._book.grace_ms_for(kind, semaphore_id)
-        self._book.remember(kind, semaphore_id)
-        return grace_ms
+        return self._book.grace_ms_for(kind, semaphore_id)
 
     async def acquire(
         self, semaphore_id: str, options: AcquireOptions, holder: Holder | None = None
@@ -173,7 +171,7 @@ class Semaphores:
             )
 
         try:
-            grace_ms = await self._grace_and_remember(options.kind, semaphore_id)
+            grace_ms = await self._first_use_grace(options.kind, semaphore_id)
             while True:
                 grant = self._dispatcher.take_grant(lease_id)
                 if grant is not None:
@@ -217,6 +215,11 @@ class Semaphores:
                 )
                 if isinstance(reply, Missing):
                     raise SemaphoreNotFound(semaphore_id)
+                # Known from now on (grace_ms_for): remembered once Redis has the semaphore, not
+                # before, so that concurrent first uses in this process all ask for the same
+                # grace (one remembered before another's creation reached Redis asked for a
+                # full TTL on a store nothing had lost).
+                self._book.remember(options.kind, semaphore_id)
                 if reply.orphans > 0:
                     self._book.orphans_seen(options.kind, semaphore_id)
                 if isinstance(reply, Admitted):

@@ -18,11 +18,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api import services
-from service.api.body import max_json_values, read_json
+from service.api import Services, services
+from service.api.body import MAX_JSON_VALUES, max_json_values, read_json
 from service.api.responses import SafeJSONResponse
 from service.api.watch import until_disconnected
-from service.auth import ADMIN_HEADER, authenticate
+from service.auth import ADMIN_HEADER, Caller, authenticate
 from service.errors import Unavailable
 from service.generation import GeneratedFile, TaskOutcome
 from service.schemas import parse_batch_async, parse_generate, request_token
@@ -33,6 +33,24 @@ from service.schemas.responses import BatchResponse, GenerateResponse
 router = APIRouter()
 
 _HANG_UP = "Client closed the request; the generation was cancelled"
+
+
+async def read_and_authenticate(
+    request: Request, found: Services, *, batch: bool
+) -> tuple[Any, Caller]:
+    """A generation body's first two steps, in this order: its JSON (bounded; a batch's value
+    budget grows with MAX_BATCH_TASKS), then who is calling (the user tier's token is inside
+    the body) — before any of the model's parameters is looked at."""
+    settings = found.settings
+    max_values = max_json_values(settings.max_batch_tasks) if batch else MAX_JSON_VALUES
+    body = await read_json(request, settings.max_body_bytes, max_values=max_values)
+    caller = await authenticate(
+        settings,
+        found.upstream,
+        admin_key=request.headers.get(ADMIN_HEADER),
+        token=request_token(body),
+    )
+    return body, caller
 
 
 @router.post(
@@ -46,13 +64,7 @@ _HANG_UP = "Client closed the request; the generation was cancelled"
 )
 async def generate(request: Request) -> JSONResponse:
     found = services(request)
-    body = await read_json(request, found.settings.max_body_bytes)
-    caller = await authenticate(
-        found.settings,
-        found.upstream,
-        admin_key=request.headers.get(ADMIN_HEADER),
-        token=request_token(body),
-    )
+    body, caller = await read_and_authenticate(request, found, batch=False)
     parsed = parse_generate(body)
     outcome = await until_disconnected(
         request, found, found.generator.generate(caller, parsed), message=_HANG_UP
@@ -109,15 +121,7 @@ async def generate_batch(request: Request) -> JSONResponse:
         return await jobs.submit(request, batch=True)
     found = services(request)
     settings = found.settings
-    body = await read_json(
-        request, settings.max_body_bytes, max_values=max_json_values(settings.max_batch_tasks)
-    )
-    caller = await authenticate(
-        settings,
-        found.upstream,
-        admin_key=request.headers.get(ADMIN_HEADER),
-        token=request_token(body),
-    )
+    body, caller = await read_and_authenticate(request, found, batch=True)
     parsed = await parse_batch_async(body, max_tasks=settings.max_batch_tasks)
     # Fail the whole batch fast (503) rather than answer 200 with every task failed.
     if not await found.coordinator.ping():

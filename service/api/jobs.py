@@ -32,9 +32,10 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.api import services
-from service.api.body import max_json_values, read_body, read_json
+from service.api.body import read_body
+from service.api.generate import read_and_authenticate
 from service.api.responses import SafeJSONResponse
-from service.auth import ADMIN_HEADER, authenticate, is_admin_caller, is_admin_key
+from service.auth import ADMIN_HEADER, is_admin_caller, is_admin_key
 from service.errors import (
     BadRequest,
     Conflict,
@@ -46,7 +47,7 @@ from service.errors import (
 from service.jobs.models import CANCELED, KIND_BATCH, KIND_GENERATE, TERMINAL, JobSpec, Webhook
 from service.jobs.service import Jobs, Reader, body_digest, owner_digest
 from service.jobs.webhooks import parse_webhook
-from service.schemas import TaskRequest, parse_batch_async, parse_generate, request_token
+from service.schemas import TaskRequest, parse_batch_async, parse_generate
 from service.schemas.job_responses import Job, JobEvent, ReplicateWebhookReceived
 from service.schemas.openapi import (
     ADMIN_OR_BEARER,
@@ -121,15 +122,7 @@ async def submit(request: Request, *, batch: bool | None) -> JSONResponse:
     found = services(request)
     jobs = jobs_of(request)
     settings = found.settings
-    body = await read_json(
-        request, settings.max_body_bytes, max_values=max_json_values(settings.max_batch_tasks)
-    )
-    caller = await authenticate(
-        settings,
-        found.upstream,
-        admin_key=request.headers.get(ADMIN_HEADER),
-        token=request_token(body),
-    )
+    body, caller = await read_and_authenticate(request, found, batch=True)
     assert isinstance(body, dict)  # request_token refused anything else
     idempotency = _idempotency(request, body)
     webhook: Webhook | None = None

@@ -15,9 +15,10 @@ local keys_ttl = tonumber(ARGV[4])        -- TTL (ms) of the semaphore's keys; 0
 local recreate_always = ARGV[5] == '1'    -- '1': re-create a missing semaphore (the caller
                                           -- suspects a loss); '0': only if a lease's epoch began
                                           -- on another node than this one (not a delete)
-local FIRST_LEASE = 6                     -- ARGV[6..]: triples of lease id, the epoch it was
+local FIRST_LEASE = 6                     -- ARGV[6..]: quadruples of lease id, the epoch it was
                                           -- last confirmed in ('' never re-asserts it: its holder
-                                          -- no longer trusts it), holder JSON (to re-assert it)
+                                          -- no longer trusts it), holder JSON and ms left of its
+                                          -- pin by its holder's clock (0: none), to re-assert it
 -- Returns: {expiry_ms, epoch, code_1, code_2, ...} with code 1 renewed, 2 re-asserted, and for a
 --          lost lease why: 0 it expired before this renewal, 3 the semaphore was deleted,
 --          4 it was no longer there (released by an operator, or expired and purged)
@@ -30,7 +31,7 @@ if limit then
 elseif recreate_limit > 0 then
   local node = node_tag()
   local moved = recreate_always
-  for i = FIRST_LEASE + 1, #ARGV, 3 do
+  for i = FIRST_LEASE + 1, #ARGV, 4 do
     local began_on = string.match(ARGV[i], '@(%x*)$')
     if began_on and began_on ~= node then moved = true end
   end
@@ -48,8 +49,9 @@ local epoch = redis.call('HGET', META, 'epoch') or ''
 local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
 
 local result = {expiry, epoch}
-for i = FIRST_LEASE, #ARGV, 3 do
+for i = FIRST_LEASE, #ARGV, 4 do
   local id, acquired_epoch, holder_json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local pin_left = tonumber(ARGV[i + 3])
   local score = redis.call('ZSCORE', HOLDERS, id)
   local code = 0
   -- Expired but pinned (an orphan, or about to become one) is still this holder's: its slot
@@ -64,6 +66,11 @@ for i = FIRST_LEASE, #ARGV, 3 do
     and now < grace_until then
     redis.call('ZADD', HOLDERS, expiry, id)
     redis.call('HSET', INFO, id, holder_json)
+    -- The pin went with the lost data; its holder knows how long its work may still run.
+    if pin_left > 0 then
+      redis.call('ZADD', PINS, now + pin_left, id)
+      for _, key in ipairs({HOLDERS, INFO, PINS}) do keep_for(key, pin_left + ttl) end
+    end
     redis.call('HINCRBY', STATS, 'reasserted', 1)
     code = 2
   else

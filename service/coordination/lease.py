@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
@@ -80,6 +81,11 @@ class Lease:
     knows its lease may be gone before it touches Redis again. `valid_s` is how long Redis gave
     it at that moment: one TTL, except for a lease granted by a release, whose grant can lapse
     with its queue entry (sooner) until its first renewal.
+
+    `pin_s`: the lease is pinned (the work it guards may run that long from now). Counted from
+    when this process learned of the admission, after Redis set the pin, the local deadline is
+    never earlier than Redis' own: a renewal that re-asserts the lease after a node lost it pins
+    it again for what is left (pin_left_ms), with no clock compared across processes or nodes.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class Lease:
         holder: Holder,
         keys_ttl_ms: int,
         valid_s: float | None = None,
+        pin_s: float = 0.0,
     ) -> None:
         self._owner = owner
         self.semaphore_id = semaphore_id
@@ -109,6 +116,7 @@ class Lease:
         self.keys_ttl_ms = keys_ttl_ms
         self.valid_s = ttl_s if valid_s is None else min(ttl_s, valid_s)
         self.renewed_at = time.monotonic()
+        self.pinned_until = self.renewed_at + pin_s  # monotonic
         self.released = False
         # True when the acquiring call also took an entry of a rate window for the holder's
         # first use of the slot (AcquireOptions.window); see Coordinator.acquire's window_limit.
@@ -127,6 +135,10 @@ class Lease:
         if self.released or self.lost.is_set():
             return False
         return time.monotonic() - self.renewed_at < self.valid_s * 0.9
+
+    def pin_left_ms(self) -> int:
+        """What is left of its pin, in ms rounded up (0: not pinned, or the pin passed)."""
+        return max(0, math.ceil((self.pinned_until - time.monotonic()) * 1000))
 
     def on_lost(self, callback: Callable[[Lease], Awaitable[None] | None]) -> None:
         self._on_lost.append(callback)

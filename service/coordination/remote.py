@@ -97,7 +97,8 @@ async def renew_remote(coordinator: Coordinator, semaphore_id: str, lease_id: st
             semaphore_id,
             GLOBAL,
             ttl_ms=coordinator.book.lease_ttl_ms,
-            leases=[LeaseToRenew(lease_id, text(epoch), holder_json)],
+            # No pin: a remote lease is never pinned (acquire_remote asks for none).
+            leases=[LeaseToRenew(lease_id, text(epoch), holder_json, pin_left_ms=0)],
         )
     )
     return renewal.expires_at_ms if renewal.codes[0].kept else None

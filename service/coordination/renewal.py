@@ -3,7 +3,8 @@
 Every TTL/3 the renewer makes one renew_leases call per semaphore (all of this replica's leases
 on it at once). A lease that Redis no longer has is marked lost (its holder is told and must stop
 using the slot); it is never silently re-added, except when Redis lost its data, where the
-semaphore comes back with a grace period and old holders re-assert their leases.
+semaphore comes back with a grace period and old holders re-assert their leases (a pinned one
+with what is left of its pin, by this process's monotonic clock).
 
 A lease granted by a release lapses with its waiter's queue entry when that comes first (so a
 grant to a dead waiter frees its slot as soon as the waiter's place in the queue would have):
@@ -34,12 +35,12 @@ from collections.abc import Awaitable, Callable
 from service.aio import stop_task
 
 from .book import LeaseBook
-from .errors import CoordinationUnavailable
+from .errors import CoordinationError, CoordinationUnavailable
 from .keys import KeySpace
 from .lease import LOST_REASONS, UNRENEWED, Lease
 from .nodes import NodeWatch
 from .redis_errors import guarded
-from .script_calls import LeaseToRenew, ScriptCalls
+from .script_calls import LeaseToRenew, RenewCode, ScriptCalls
 from .scripts import Scripts
 
 log = logging.getLogger("service.coordination.renewal")
@@ -216,28 +217,33 @@ class Renewer:
         # otherwise it was deleted and its leases are lost.
         sent_at = time.monotonic()
         suspected = sent_at < self._book.suspected_until(first.kind, first.semaphore_id)
+        sent = [
+            # A lease this process no longer trusts (not renewed in time: it stalled) may be
+            # renewed if Redis still has it, never re-asserted ('').
+            LeaseToRenew(
+                lease.lease_id,
+                lease.epoch if lease.is_valid() else "",
+                lease.holder.to_json(),
+                lease.pin_left_ms(),
+            )
+            for lease in leases
+        ]
         renewal = await guarded(
             self._calls.renew_leases(
                 first.semaphore_id,
                 first.kind,
                 ttl_ms=self._book.lease_ttl_ms,
-                leases=[
-                    # A lease this process no longer trusts (not renewed in time: it stalled)
-                    # may be renewed if Redis still has it, never re-asserted ('').
-                    LeaseToRenew(
-                        lease.lease_id,
-                        lease.epoch if lease.is_valid() else "",
-                        lease.holder.to_json(),
-                    )
-                    for lease in leases
-                ],
+                leases=sent,
                 recreate_limit=first.limit,
                 grace_ms=self._book.lease_ttl_ms,
                 keys_ttl_ms=first.keys_ttl_ms,
                 recreate_always=suspected,
             )
         )
-        for lease, code in zip(leases, renewal.codes, strict=True):
+        outdated: list[Lease] = []
+        for lease, asked, code in zip(leases, sent, renewal.codes, strict=True):
+            if code == RenewCode.REASSERTED and lease.holder.to_json() != asked.holder_json:
+                outdated.append(lease)  # annotated meanwhile (abandoned too, maybe)
             if lease.released or lease.lost.is_set():
                 continue  # released while the renewal was in flight (not lost, just gone), or
                 # already reported lost by a concurrent renewal
@@ -256,3 +262,9 @@ class Renewer:
                 self._book.lost(lease, reason)
             else:
                 lease.renewed(renewal.expires_at_ms, renewal.epoch, sent_at)
+        # A lease annotated (its prediction id, create_unknown) while this renewal was in flight
+        # was re-asserted with its older record: that annotation may have run first, found no
+        # lease and written nothing. Write it again.
+        for lease in outdated:
+            with contextlib.suppress(CoordinationError):
+                await lease.annotate()

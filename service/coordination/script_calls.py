@@ -110,6 +110,8 @@ class LeaseToRenew:
     lease_id: str
     epoch: str  # the epoch it was acquired in
     holder_json: str  # written back if the lease is re-asserted
+    # Ms left of its pin by its holder's clock (0: none): pinned again for that if re-asserted.
+    pin_left_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,7 @@ class ScriptCalls:
         re-creates a missing semaphore, with `grace_ms` of grace, if a lease's epoch began on
         another node than the one serving it now (that node lost it), or with
         `recreate_always` (the caller suspects a loss); otherwise it was deleted. A lease sent
-        with the epoch '' is never re-asserted."""
+        with the epoch '' is never re-asserted; one re-asserted is pinned for its `pin_left_ms`."""
         args: list[object] = [
             ttl_ms,
             recreate_limit,
@@ -316,7 +318,7 @@ class ScriptCalls:
             "1" if recreate_always else "0",
         ]
         for lease in leases:
-            args += [lease.lease_id, lease.epoch, lease.holder_json]
+            args += [lease.lease_id, lease.epoch, lease.holder_json, lease.pin_left_ms]
         reply = await self._scripts.call("renew_leases", self._keys(semaphore_id, kind).all, args)
         return Renewal(
             expires_at_ms=int(reply[0]),

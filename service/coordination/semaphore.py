@@ -168,6 +168,7 @@ class Semaphores:
                 holder=stamped,
                 keys_ttl_ms=options.keys_ttl_ms,
                 valid_s=valid_s,
+                pin_s=options.pin_ms / 1000,  # Redis pinned it before this moment
             )
 
         try:
@@ -297,6 +298,7 @@ class Semaphores:
         orphans: list[Orphan] = []
         for claimed in adoption.claimed:
             record = claimed.record
+            pin_in_s = (claimed.pin_ms - adoption.now_ms) / 1000
             lease = Lease(
                 owner=self,
                 semaphore_id=semaphore_id,
@@ -306,12 +308,20 @@ class Semaphores:
                 epoch=adoption.epoch,
                 limit=adoption.limit,
                 ttl_s=self.lease_ttl_s,
+                # What the next adopter needs, should this process die too (its account's
+                # sealed token, the work), kept in the record it renews and may re-assert.
                 holder=Holder(
                     replica=self._replica_id,
                     purpose=f"adopted: {record.get('purpose', '')}",
                     prediction_id=record.get("prediction_id"),
+                    account=record.get("account"),
+                    sealed_token=record.get("sealed_token"),
+                    model=record.get("model"),
+                    input=record.get("input"),
+                    create_unknown=bool(record.get("create_unknown", False)),
                 ),
                 keys_ttl_ms=0,
+                pin_s=pin_in_s,
             )
             self._book.adopted(lease)
             orphans.append(
@@ -319,7 +329,7 @@ class Semaphores:
                     lease=lease,
                     previous_lease_id=claimed.previous_lease_id,
                     record=record,
-                    pin_in_s=(claimed.pin_ms - adoption.now_ms) / 1000,
+                    pin_in_s=pin_in_s,
                     orphaned_for_s=max(0, adoption.now_ms - claimed.orphaned_at_ms) / 1000,
                 )
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from typing import Any
 
@@ -185,6 +187,53 @@ async def test_a_redis_restart_that_loses_data_never_over_admits(
     assert await client.zcard(holders_key) == 2
     await lease.release()
     await leases[1].release()
+    await client.aclose()
+    await holder.close()
+    await newcomer.close()
+
+
+async def test_a_pinned_lease_reasserted_after_a_restart_is_orphaned_not_freed(
+    own_redis_server: RedisServer,
+) -> None:
+    """A pinned lease re-asserted on a node that restarted empty comes back with its pin (no
+    earlier than the one lost) and its record: should its holder then stop renewing, its slot
+    stays taken, an orphan, while its prediction may still run, instead of being freed at
+    expiry."""
+    declared = {"pinned": 1}
+    client = aioredis.Redis.from_url(own_redis_server.url)
+    await client.set("rcg:epoch", "established-store")  # not a young, empty store
+    holder = await connect(own_redis_server.url, lease_ttl_s=1.5, declared=declared, replica_id="h")
+    keys = holder.keyspace.semaphore("pinned")
+    lease = await holder.acquire("pinned", timeout_s=1, pin_s=60)
+    await lease.set_prediction_id("p-1")
+    pin_before = await client.zscore(keys.pins, lease.lease_id)
+    assert pin_before is not None
+    await client.aclose()
+    own_redis_server.restart()  # empty: the lease and its pin are gone from Redis
+    client = aioredis.Redis.from_url(own_redis_server.url)
+    deadline = time.monotonic() + 5
+    while await client.zscore(keys.holders, lease.lease_id) is None:  # re-asserted
+        assert time.monotonic() < deadline, "the lease was never re-asserted"
+        await asyncio.sleep(0.05)
+    pin_after = await client.zscore(keys.pins, lease.lease_id)
+    record = json.loads(await client.hget(keys.info, lease.lease_id))
+    await holder.renewer.close()  # the holder dies: nobody renews the lease any more
+    newcomer = await connect(own_redis_server.url, lease_ttl_s=1.5, declared=declared)
+    got = asyncio.create_task(newcomer.acquire("pinned", timeout_s=10))
+    # Past the lease's expiry and the grace: still taken, as an orphan.
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        assert not got.done()
+        await asyncio.sleep(0.05)
+    view = await newcomer.registry.view("pinned")
+    assert (view.in_use, view.orphans) == (1, 1)
+    # The holder's own reckoning of its pin: never earlier than the one Redis lost, later only
+    # by the time the acquire's reply took to arrive.
+    assert pin_after is not None and pin_before <= pin_after < pin_before + 1000
+    assert record["prediction_id"] == "p-1"
+    got.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await got
     await client.aclose()
     await holder.close()
     await newcomer.close()

@@ -13,18 +13,20 @@ from .errors import (
     SemaphoreExists,
     SemaphoreNotFound,
 )
-from .keys import ACCOUNT, GLOBAL, AttachedWindow, KeySpace, WindowName
+from .keys import GLOBAL, AttachedWindow, KeySpace, WindowName
 from .lease import Holder, Lease
+from .redis_errors import guarded
 from .registry import SemaphoreView
 from .semaphore import Orphan
-from .window import WINDOW_S, WindowResult
+from .subscriber import ChannelSubscription
+from .window import WINDOW_S, WindowResult, WindowState
 
 __all__ = [
-    "ACCOUNT",
     "GLOBAL",
     "WINDOW_S",
     "AcquireTimeout",
     "AttachedWindow",
+    "ChannelSubscription",
     "CoordinationError",
     "CoordinationUnavailable",
     "Coordinator",
@@ -40,4 +42,6 @@ __all__ = [
     "SemaphoreView",
     "WindowName",
     "WindowResult",
+    "WindowState",
+    "guarded",
 ]

@@ -37,6 +37,7 @@ from .renewal import Renewer
 from .script_calls import ScriptCalls
 from .scripts import Scripts
 from .semaphore import AcquireOptions, LeaseListener, Orphan, Semaphores, WindowAsk
+from .subscriber import ChannelSubscription
 from .wake import WakeDispatcher
 from .window import WINDOW_S, SlidingWindow
 
@@ -139,6 +140,7 @@ class Coordinator:
             client=commands, scripts=self.scripts, keyspace=self.keyspace
         )
         self.window = SlidingWindow(client=commands, scripts=self.scripts, keyspace=self.keyspace)
+        self._subscriptions: set[ChannelSubscription] = set()
 
     @classmethod
     async def connect(cls, redis_url: str, **options: object) -> Coordinator:
@@ -212,7 +214,37 @@ class Coordinator:
             await shielded(lease.release())
         await self.renewer.close()
         await self.dispatcher.close()
+        for subscription in list(self._subscriptions):
+            await subscription.close()
         await self._clients.aclose()
+
+    def subscribe(
+        self,
+        channel: str,
+        on_message: Callable[[bytes], None],
+        *,
+        on_up: Callable[[], None] | None = None,
+        on_down: Callable[[Exception], None] | None = None,
+    ) -> ChannelSubscription:
+        """Follow the pub/sub `channel` (its exact name: glob characters are escaped) until
+        the subscription is closed, or this Coordinator is. Each message's payload goes to
+        `on_message` as soon as it is read, in the event loop's read callback: it must not
+        block. Works in every deployment, as the wake subscription does (docs/redis-ha.md):
+        one server; the Sentinel primary, followed through failovers; any node of a Cluster
+        (classic PUBLISH reaches every node). One connection of its own, reconnected with a
+        backoff; messages published while it is down are lost (`on_down(error)` says when it
+        went down, `on_up()` when it is subscribed again, and the first time). Needs a
+        running event loop."""
+        subscription = ChannelSubscription(
+            self._clients.subscription,
+            channel,
+            on_message,
+            on_up=on_up,
+            on_down=on_down,
+        )
+        self._subscriptions.add(subscription)
+        subscription.add_done_callback(lambda: self._subscriptions.discard(subscription))
+        return subscription
 
     async def ensure_declared(self) -> None:
         for semaphore_id, limit in self.config.declared.items():

@@ -23,15 +23,23 @@ Where it connects is a `SubscriptionSource`:
 - a Cluster: any one node (`ClusterSubscriptionSource`). Classic PUBLISH is broadcast to every
   node of a Cluster, replicas included, so one PSUBSCRIBE anywhere receives every semaphore's
   messages; when that node is lost, the next attempt starts with the next node.
+
+`stay_subscribed` keeps one subscription open for good: it reconnects with a backoff and tells
+its caller each time the subscription comes up or is lost (WakeDispatcher's grants and
+wake-ups). `ChannelSubscription` runs it in a task for one literal channel
+(Coordinator.subscribe: Replicate's webhooks fanned out to every replica), on a connection of
+its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import hiredis
 from redis.asyncio.cluster import RedisCluster
@@ -41,8 +49,17 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service.aio import stop_task
+
+log = logging.getLogger("service.coordination.subscriber")
+
 Address = tuple[str, int]
 SENTINEL_CHECK_TIMEOUT_S = 2.0  # the longest a health check waits for the sentinels
+SUBSCRIBE_TIMEOUT_S = 5.0  # the longest an attempt waits for its subscription's confirmation
+HEALTH_CHECK_S = 5.0  # a PING (and, under Sentinel, a question to the sentinels) this often
+FIRST_BACKOFF_S = 0.05  # between attempts after a loss, doubled up to MAX_BACKOFF_S
+MAX_BACKOFF_S = 2.0
+_GLOB = re.compile(r"([*?\[\]\\])")
 
 
 class SubscriptionLost(ConnectionError):
@@ -257,3 +274,129 @@ class Subscription:
 
     def close(self) -> None:
         self._protocol.transport.close()
+
+
+def literal_pattern(channel: str) -> str:
+    """The PSUBSCRIBE pattern that matches `channel` alone: its glob characters (* ? [ ] \\)
+    escaped."""
+    return _GLOB.sub(r"\\\1", channel)
+
+
+def _nothing(*_: object) -> None:
+    pass
+
+
+async def stay_subscribed(
+    source: SubscriptionSource,
+    patterns: list[str],
+    on_message: Callable[[bytes], None],
+    *,
+    on_up: Callable[[], None] = _nothing,
+    on_down: Callable[[Exception], None] = _nothing,
+    timeout_s: float = SUBSCRIBE_TIMEOUT_S,
+    health_check_s: float = HEALTH_CHECK_S,
+) -> NoReturn:
+    """Stay subscribed to `patterns` where `source` says, until cancelled. Each message goes to
+    `on_message` in the callback that read it (nothing here is on that path). `on_up()` runs
+    each time the subscription is confirmed, `on_down(error)` each time an attempt fails or the
+    subscription is lost (Subscription.serve's health check); then the next attempt follows
+    after a backoff (FIRST_BACKOFF_S, doubled up to MAX_BACKOFF_S, back to the first once a
+    subscription comes up). Messages published while it is down are lost: `on_up` after an
+    `on_down` is where a caller re-checks what it may have missed. An exception from `on_up`
+    counts as a loss."""
+    backoff_s = FIRST_BACKOFF_S
+    while True:
+        subscription: Subscription | None = None
+        try:
+            subscription = await Subscription.open(source, patterns, on_message, timeout_s)
+            on_up()
+            backoff_s = FIRST_BACKOFF_S
+            await subscription.serve(health_check_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            on_down(exc)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+        finally:
+            if subscription is not None:
+                subscription.close()
+
+
+class ChannelSubscription:
+    """One channel followed for good (stay_subscribed in a task of its own, on its own
+    connection), its messages handed to `on_message` as they are read (an exception it raises
+    is logged; the subscription goes on). Created by Coordinator.subscribe; `close` stops
+    it."""
+
+    def __init__(
+        self,
+        source: SubscriptionSource,
+        channel: str,
+        on_message: Callable[[bytes], None],
+        *,
+        on_up: Callable[[], None] | None = None,
+        on_down: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.reconnects = 0  # subscriptions lost, and attempts that failed
+        self._on_message = on_message
+        self._on_up = on_up or _nothing
+        self._on_down = on_down or _nothing
+        self._connected = asyncio.Event()
+        self._task = asyncio.create_task(
+            stay_subscribed(
+                source,
+                [literal_pattern(channel)],
+                self._handle,
+                on_up=self._up,
+                on_down=self._down,
+            ),
+            name=f"subscription:{channel}",
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._task.done()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """`callback()` once the subscription has stopped (closed)."""
+        self._task.add_done_callback(lambda _: callback())
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once subscribed (now or within `timeout_s`), False otherwise."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await stop_task(self._task)
+        self._connected.clear()
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            self._on_message(data)
+        except Exception:  # a bug in the handler must not take the subscription down with it
+            log.exception("message not handled", extra={"channel": self.channel})
+
+    def _up(self) -> None:
+        self._connected.set()
+        self._on_up()
+
+    def _down(self, error: Exception) -> None:
+        self._connected.clear()
+        self.reconnects += 1
+        log.warning(
+            "subscription lost; its messages are missed until it is back",
+            extra={"channel": self.channel, "error": type(error).__name__},
+        )
+        try:
+            self._on_down(error)
+        except Exception:  # the caller's bug must not end the subscription
+            log.exception("on_down failed", extra={"channel": self.channel})

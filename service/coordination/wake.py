@@ -10,9 +10,10 @@ subscribes to two patterns,
 and `handle` reads each message, or a grant that a release by this process returned in its
 reply instead: a grant sets the waiter's event and leaves its details for Semaphores.acquire
 (`take_grant`). After a reconnect every local waiter is woken once to re-check, since messages
-may have been missed. The connection is read by `subscriber.Subscription`, which hands each
-message to `handle` in the callback that received it, and PINGs it every HEALTH_CHECK_S to
-notice a connection that died without a word.
+may have been missed. The connection is kept by `subscriber.stay_subscribed` (reconnecting
+with a backoff) and read by `subscriber.Subscription`, which hands each message to `handle` in
+the callback that received it, and PINGs it every HEALTH_CHECK_S to notice a connection that
+died without a word.
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ from dataclasses import dataclass
 
 from service.aio import stop_task
 
-from .subscriber import Subscription, SubscriptionSource
+from .subscriber import HEALTH_CHECK_S, SUBSCRIBE_TIMEOUT_S, SubscriptionSource, stay_subscribed
 
 log = logging.getLogger("service.coordination.wake")
-
-SUBSCRIBE_TIMEOUT_S = 5.0
-HEALTH_CHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -183,33 +181,26 @@ class WakeDispatcher:
             self.wake_all()
 
     async def _run(self) -> None:
-        backoff_s = 0.05
-        while True:
-            subscription: Subscription | None = None
-            try:
-                subscription = await Subscription.open(
-                    self._source,
-                    self.patterns,
-                    self._on_message,
-                    SUBSCRIBE_TIMEOUT_S,
-                )
-                self._subscribed.set()
-                if self.reconnects:
-                    self.wake_all()
-                backoff_s = 0.05
-                await subscription.serve(HEALTH_CHECK_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._subscribed.clear()
-                self.reconnects += 1
-                log.warning(
-                    "wake subscription lost; waiters fall back to polling",
-                    extra={"error": type(exc).__name__},
-                )
-                self.wake_all()
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 2.0)
-            finally:
-                if subscription is not None:
-                    subscription.close()
+        await stay_subscribed(
+            self._source,
+            self.patterns,
+            self._on_message,
+            on_up=self._on_up,
+            on_down=self._on_down,
+            timeout_s=SUBSCRIBE_TIMEOUT_S,
+            health_check_s=HEALTH_CHECK_S,
+        )
+
+    def _on_up(self) -> None:
+        self._subscribed.set()
+        if self.reconnects:
+            self.wake_all()  # messages may have been missed while it was down
+
+    def _on_down(self, error: Exception) -> None:
+        self._subscribed.clear()
+        self.reconnects += 1
+        log.warning(
+            "wake subscription lost; waiters fall back to polling",
+            extra={"error": type(error).__name__},
+        )
+        self.wake_all()

@@ -10,19 +10,21 @@ replay is refused while its timestamp would still pass) and published on the cha
 `rcg:replicate-webhooks`; every replica hands it to its Upstream's arrivals, where the run that
 polls that prediction picks it up at once. Polling stays the fallback: nothing depends on a
 webhook arriving.
+
+Every replica follows the channel through its Coordinator (Coordinator.subscribe), so the
+fan-out works wherever Redis is: one server, the Sentinel primary (through failovers), or any
+node of a Cluster (docs/redis-ha.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from service.coordination import ChannelSubscription, Coordinator
 from service.errors import Conflict, Unauthorized
 from service.jobs.store import _call
 from service.upstream import Upstream
@@ -34,28 +36,33 @@ PATH = "/replicate/webhook"
 
 
 class ReplicateWebhooks:
-    def __init__(self, redis_url: str, client: aioredis.Redis, prefix: str, upstream: Upstream):
-        self._redis_url = redis_url
-        self._client = client
+    def __init__(self, coordinator: Coordinator, prefix: str, upstream: Upstream):
+        self._coordinator = coordinator
+        self._client = coordinator.redis
         self._prefix = prefix
         self._upstream = upstream
         self.channel = f"{prefix}:replicate-webhooks"
-        self._task: asyncio.Task[None] | None = None
+        self._subscription: ChannelSubscription | None = None
         self.accepted = 0
 
     @property
     def enabled(self) -> bool:
         return self._upstream.arrivals is not None
 
+    @property
+    def listening(self) -> bool:
+        """Subscribed to the fan-out now."""
+        return self._subscription is not None and self._subscription.connected
+
     def start(self) -> None:
-        if self.enabled:
-            self._task = asyncio.create_task(self._listen(), name="replicate-webhooks")
+        if self.enabled and self._subscription is None:
+            # While it is down (Redis away; a warning says so), polling carries on.
+            self._subscription = self._coordinator.subscribe(self.channel, self._arrived)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
 
     async def receive(self, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """Verify one delivery and pass it on; Unauthorized (bad signature or stale timestamp)
@@ -86,30 +93,13 @@ class ReplicateWebhooks:
                 break  # missing headers or a stale timestamp: a new secret will not help
         raise Unauthorized(f"Invalid Replicate webhook: {reason}")
 
-    async def _listen(self) -> None:
+    def _arrived(self, data: bytes) -> None:
+        """One prediction from the channel, on every replica (the one that received it too)."""
         arrivals = self._upstream.arrivals
-        assert arrivals is not None
-        while True:
-            client = aioredis.Redis.from_url(self._redis_url)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    prediction = json.loads(message["data"])
-                    arrivals.deliver(str(prediction["id"]), prediction)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away: polling carries on meanwhile
-                log.warning("webhook fan-out interrupted", extra={"error": type(exc).__name__})
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        if arrivals is None:
+            return
+        prediction = json.loads(data)
+        arrivals.deliver(str(prediction["id"]), prediction)
 
 
 __all__ = ["PATH", "ReplicateWebhooks"]

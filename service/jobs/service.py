@@ -102,10 +102,7 @@ class Jobs:
             retention_ms=self.store.retention_ms,
         )
         self.runner.on_finished.append(self._job_finished)
-        assert settings.redis_url is not None
-        self.replicate = ReplicateWebhooks(
-            settings.redis_url, coordinator.redis, settings.redis_key_prefix, upstream
-        )
+        self.replicate = ReplicateWebhooks(coordinator, settings.redis_key_prefix, upstream)
         self.runner.on_task.append(self._task_finished)
         self.counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
         self._stats: asyncio.Task[None] | None = None

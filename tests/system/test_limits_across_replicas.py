@@ -1,21 +1,33 @@
-"""Limits hold across real replicas: asserted on what the upstream simulator saw."""
+"""Limits hold across real replicas: asserted on what the upstream simulator saw. Each test runs
+once per Redis deployment (docs/redis-ha.md): one server, a Redis Cluster, Sentinel."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.fixtures.cluster import Cluster, running_cluster
+from tests.fixtures.cluster import REDIS_MODES, Cluster, RedisMode, SharedClusters
 from tests.system.helpers import create_semaphore, max_overlap, post_all, semaphore_view
 
 pytestmark = [pytest.mark.system, pytest.mark.redis]
 
+# Replicas of another Replicate account, on the same Redis and simulator: the account test's.
+ACCOUNT_TOKEN = "r8_system_test_account_limit_2"
+
+
+@pytest.fixture(scope="module", params=REDIS_MODES)
+def redis_mode(request: pytest.FixtureRequest) -> RedisMode:
+    """Module-scoped, so that the module's tests run grouped by mode."""
+    mode: RedisMode = request.param
+    return mode
+
 
 @pytest.fixture
-def cluster(shared_cluster: Cluster) -> Cluster:
-    """The cluster the system tests share (tests/system/conftest.py): reset before each test,
-    replicas a test killed or stopped run again; each test uses semaphores of its own."""
-    return shared_cluster
+def cluster(shared_cluster_in: SharedClusters, redis_mode: RedisMode) -> Cluster:
+    """The cluster of this mode the system tests share (tests/system/conftest.py): reset before
+    each test, replicas a test killed or stopped run again; each test uses semaphores of its
+    own."""
+    return shared_cluster_in(redis_mode)
 
 
 def body(prompt: str, **extra: object) -> dict[str, object]:
@@ -62,12 +74,18 @@ async def test_batches_spanning_replicas_share_one_semaphore(cluster: Cluster) -
     assert max_overlap(stats["intervals"]) <= 3
 
 
-async def test_the_account_concurrency_limit_holds_across_replicas() -> None:
-    with running_cluster(env={"REPLICATE_CONCURRENT_LIMIT": "2"}) as cluster:
-        responses = await post_all(cluster, "/generate", [body(f"dog {i}") for i in range(18)])
-        assert [r.status_code for r in responses] == [200] * 18
-        stats = cluster.token_stats()
+async def test_the_account_concurrency_limit_holds_across_replicas(cluster: Cluster) -> None:
+    # Three more replicas, of an account of their own with a limit of 2, on the shared Redis
+    # and simulator (the shared replicas' account has the default limit).
+    env = {"REPLICATE_CONCURRENT_LIMIT": "2", "REPLICATE_API_TOKEN": ACCOUNT_TOKEN}
+    with cluster.more_replicas("account", 3, env) as account:
+        responses = await post_all(account, "/generate", [body(f"dog {i}") for i in range(18)])
+        assert [r.status_code for r in responses] == [200] * 18, [
+            r.text for r in responses if r.status_code != 200
+        ][:3]
+        stats = account.token_stats(ACCOUNT_TOKEN)
         assert stats["created"] == 18
         assert max_overlap(stats["intervals"]) <= 2
-        health = httpx.get(cluster.url(1) + "/health", timeout=5).json()
+        assert stats["max_in_flight"] <= 2
+        health = httpx.get(account.url(1) + "/health", timeout=5).json()
         assert health["concurrency_status"]["concurrent_limit"] == 2

@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import secrets
 
+ACCOUNT = "acct"
+
 # Made once per process, never stored or logged: a cache key means nothing to anyone else.
 _CACHE_KEY_SECRET = secrets.token_bytes(32)
 

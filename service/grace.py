@@ -43,7 +43,6 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.coordination import (
-    ACCOUNT,
     GLOBAL,
     AcquireTimeout,
     CoordinationError,
@@ -51,6 +50,7 @@ from service.coordination import (
     SemaphoreNotFound,
 )
 from service.errors import LimitTimeout
+from service.fingerprint import ACCOUNT
 
 log = logging.getLogger("service.grace")
 

@@ -59,7 +59,6 @@ from typing import Any, TypeVar
 from service.aio import Background, cancel_and_wait, cancelling, shielded
 from service.config import Settings
 from service.coordination import (
-    ACCOUNT,
     AcquireTimeout,
     AttachedWindow,
     CoordinationError,
@@ -74,6 +73,7 @@ from service.errors import (
     PredictionFailed,
     UpstreamError,
 )
+from service.fingerprint import ACCOUNT
 from service.grace import GraceWatch
 
 log = logging.getLogger("service.limits")

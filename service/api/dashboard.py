@@ -39,16 +39,14 @@ from service.api import Services, services
 from service.api.semaphores import short_id
 from service.auth import ADMIN_HEADER
 from service.coordination import (
-    ACCOUNT,
     GLOBAL,
     CoordinationError,
     Coordinator,
     SemaphoreNotFound,
     SemaphoreView,
 )
-from service.coordination.redis_errors import guarded
 from service.errors import NotFound
-from service.fingerprint import token_fingerprint
+from service.fingerprint import ACCOUNT, token_fingerprint
 from service.limits import AccountLimits
 from service.observability.history import History, HistoryStore
 from service.schemas.openapi import errors
@@ -239,31 +237,15 @@ async def _accounts(found: Services) -> list[dict[str, Any]]:
 async def _account(
     coordinator: Coordinator, fingerprint: str, *, now_ms: int, per_minute: int, window_s: float
 ) -> dict[str, Any]:
-    """One account's concurrency semaphore and creation window, read-only (the window read
-    mirrors take_from_window in redis_scripts/lib/common.lua: an entry counts while its score is
-    > now - window; when full, the next entry frees 1 ms after the one at rank used - limit
-    leaves the window)."""
+    """One account's concurrency semaphore and creation window, read-only."""
     try:
         view: SemaphoreView | None = await coordinator.registry.view(fingerprint, ACCOUNT)
     except SemaphoreNotFound:  # no acquisition in 24 h: its keys expired
         view = None
-    client = coordinator.redis
-    key = coordinator.window.key(AccountLimits.window(fingerprint))
-    window_ms = int(window_s * 1000)
-    low = f"({now_ms - window_ms}"
-    pipe = client.pipeline(transaction=False)
-    pipe.zcount(key, low, "+inf")
-    pipe.zrangebyscore(key, low, "+inf", start=0, num=1, withscores=True)
-    used_reply, oldest = await guarded(pipe.execute())
-    used = int(used_reply)
-    next_free_ms = 0.0
-    if used >= per_minute:
-        entry = await guarded(
-            client.zrangebyscore(key, low, "+inf", start=used - per_minute, num=1, withscores=True)
-        )
-        if entry:
-            next_free_ms = max(0.0, float(entry[0][1]) + window_ms - now_ms + 1)
-    returns_ms = float(oldest[0][1]) + window_ms - now_ms if oldest else None
+    window = await coordinator.window.inspect(
+        AccountLimits.window(fingerprint), per_minute, window_s, now_ms=now_ms
+    )
+    returns_ms = window.oldest_leaves_in_ms
     return {
         "account": mask_account(fingerprint),
         "in_use": view.in_use if view else 0,
@@ -271,10 +253,10 @@ async def _account(
         "waiting": view.waiting if view else 0,
         "orphans": view.orphans if view else 0,
         "window": {
-            "used": used,
+            "used": window.admissions,
             "limit": per_minute,
             "window_s": window_s,
-            "next_free_in_s": round(next_free_ms / 1000, 1),
+            "next_free_in_s": round(window.next_free_in_ms / 1000, 1),
             "oldest_returns_in_s": None if returns_ms is None else round(returns_ms / 1000, 1),
         },
     }

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import TextIO
 
 from service.coordination import (
-    ACCOUNT,
     GLOBAL,
     WINDOW_S,
     CoordinationUnavailable,
@@ -21,6 +20,7 @@ from service.coordination import (
     SemaphoreView,
     WindowName,
 )
+from service.fingerprint import ACCOUNT
 from service.limits import ACCOUNT_WINDOW_S, AccountLimits
 
 from . import render

@@ -1,8 +1,8 @@
 """Every Redis key and channel name, in one place (documented in docs/redis-keys.md).
 
 All keys of one semaphore share the hash tag `{<kind>:<id>}`, so each script touches one cluster
-slot. A kind is any short name: `sem` for global semaphores, registered by id; the service
-names its per-account semaphores `acct` (created on demand). A window has a tag of its own,
+slot. A kind is any short name: `sem` for global semaphores, registered by id (the service names its
+per-account semaphores `acct`: service.fingerprint.ACCOUNT). A window has a tag of its own,
 `{win:<scope>}`, unless it is attached to a semaphore: then it shares the semaphore's tag
 (`{<kind>:<id>}:window`), so that one script can take a slot and an entry.
 
@@ -17,8 +17,6 @@ import functools
 from dataclasses import dataclass
 
 GLOBAL = "sem"  # registered global semaphores
-# The kind the service gives its per-account semaphores (created on demand).
-ACCOUNT = "acct"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,16 @@ class WindowResult:
     entry_id: str = ""  # the admitted entry, for give_back
 
 
+@dataclass(frozen=True)
+class WindowState:
+    """A window as an operator sees it, at `now_ms` (Redis server time)."""
+
+    now_ms: int
+    admissions: int  # entries in the last window
+    oldest_leaves_in_ms: float | None  # when the oldest of them leaves it (None: empty)
+    next_free_in_ms: float  # when the next entry may be taken (0: now)
+
+
 class SlidingWindow:
     def __init__(self, *, client: RedisClient, scripts: Scripts, keyspace: KeySpace) -> None:
         self._client = client
@@ -98,6 +108,40 @@ class SlidingWindow:
                 )
             # A little jitter so that waiters due at the same moment do not collide exactly.
             await asyncio.sleep(result.wait_s + secrets.randbelow(20) / 1000)
+
+    async def inspect(
+        self, window: WindowName, limit: int, window_s: float = WINDOW_S, *, now_ms: int = 0
+    ) -> WindowState:
+        """Read-only, mirroring take_from_window (redis_scripts/lib/common.lua): an entry counts
+        while its score > now - window; when full, the next entry frees 1 ms after the one at
+        rank (count - limit) leaves the window. `now_ms`: Redis time read already (0: read it).
+        At most three commands, whatever the window holds."""
+        key = self._keyspace.window(window)
+        if not now_ms:
+            seconds, micros = await guarded(self._client.time())
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+        window_ms = int(window_s * 1000)
+        low = f"({now_ms - window_ms}"
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcount(key, low, "+inf")
+        pipe.zrangebyscore(key, low, "+inf", start=0, num=1, withscores=True)
+        count_reply, oldest = await guarded(pipe.execute())
+        admissions = int(count_reply)
+        next_free_in_ms = 0.0
+        if admissions >= limit:
+            entry = await guarded(
+                self._client.zrangebyscore(
+                    key, low, "+inf", start=admissions - limit, num=1, withscores=True
+                )
+            )
+            if entry:
+                next_free_in_ms = max(0.0, float(entry[0][1]) + window_ms - now_ms + 1)
+        return WindowState(
+            now_ms=now_ms,
+            admissions=admissions,
+            oldest_leaves_in_ms=float(oldest[0][1]) + window_ms - now_ms if oldest else None,
+            next_free_in_ms=next_free_in_ms,
+        )
 
     async def count(self, window: WindowName, window_s: float = WINDOW_S) -> int:
         """Admissions in the last window (for operators)."""

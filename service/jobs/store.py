@@ -40,8 +40,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from service.coordination import CoordinationUnavailable
-from service.coordination.redis_errors import guarded
+from service.coordination import CoordinationUnavailable, guarded
 from service.coordination_errors import JOBS, unavailable
 from service.errors import ServiceError
 from service.jobs.models import JobSpec, TaskState, Webhook

@@ -44,15 +44,15 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from service.coordination import (
-    ACCOUNT,
     GLOBAL,
     CoordinationError,
     Coordinator,
     Lease,
     SemaphoreNotFound,
     SemaphoreView,
+    guarded,
 )
-from service.coordination.redis_errors import guarded
+from service.fingerprint import ACCOUNT
 from service.observability.metrics import Metrics
 
 log = logging.getLogger("service.observability.history")

@@ -16,8 +16,8 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
-from service.coordination import ACCOUNT, Coordinator, CoordinatorConfig
-from service.fingerprint import token_fingerprint
+from service.coordination import Coordinator, CoordinatorConfig
+from service.fingerprint import ACCOUNT, token_fingerprint
 from tests.api.conftest import ADMIN, SERVER_TOKEN, flux, mark_store_known, settings_for
 from tests.fixtures.ports import free_port
 from tests.fixtures.simulator import SimulatorHandle

@@ -12,8 +12,7 @@ import time
 import httpx
 import pytest
 
-from service.coordination import ACCOUNT
-from service.fingerprint import token_fingerprint
+from service.fingerprint import ACCOUNT, token_fingerprint
 from service.limits import AccountLimits
 from tests.api.conftest import (
     ADMIN,

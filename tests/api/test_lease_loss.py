@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from service.coordination import ACCOUNT, KeySpace
-from service.fingerprint import token_fingerprint
+from service.coordination import KeySpace
+from service.fingerprint import ACCOUNT, token_fingerprint
 from tests.api.conftest import ADMIN, SERVER_TOKEN, Api, flux
 
 pytestmark = [pytest.mark.redis, pytest.mark.simulator(latency_s=8.0)]

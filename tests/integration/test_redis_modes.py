@@ -4,7 +4,7 @@ primary, a replica, 3 sentinels); then a failover in each HA mode, which must fa
 a clear reason while it lasts and resume by itself.
 
 The Cluster and the Sentinel set are started once for this module (the failover tests start
-their own: they break them)."""
+their own, in test_redis_failover_cluster.py and test_redis_failover_sentinel.py)."""
 
 from __future__ import annotations
 
@@ -25,26 +25,14 @@ import redis
 import redis.cluster
 
 from service.cli.readers import read_window, scan_accounts
-from service.coordination import (
-    ACCOUNT,
-    AcquireTimeout,
-    CoordinationUnavailable,
-    Coordinator,
-    CoordinatorConfig,
-)
-from service.coordination.subscriber import (
-    ClusterSubscriptionSource,
-    PoolSubscriptionSource,
-    Subscription,
-    SubscriptionLost,
-)
-from service.coordination_errors import unavailable as http_unavailable
+from service.coordination import AcquireTimeout, Coordinator, CoordinatorConfig
+from service.fingerprint import ACCOUNT
 from service.limits import ACCOUNT_WINDOW_S, AccountLimits
 from tests.fixtures.redis_cluster import RedisClusterNodes
 from tests.fixtures.redis_sentinel import RedisSentinelSet
 from tests.fixtures.redis_server import EPOCH_PREFIX, require_redis_binary
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 SINGLE, CLUSTER, SENTINEL = "single", "cluster", "sentinel"
 # What a failover may look like to a caller while it lasts: each a clear sentence.
@@ -317,181 +305,3 @@ async def test_concurrent_holders_across_processes_never_exceed_the_limit(
 
 
 # --- Failovers ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Outage:
-    """What callers saw while a failover lasted."""
-
-    reasons: list[str] = field(default_factory=list)
-    recovered_after_s: float | None = None
-
-
-async def ride_out(c: Coordinator, semaphore_id: str, timeout_s: float = 40.0) -> Outage:
-    """Acquire and release in a loop until it works again, collecting each failure."""
-    outage = Outage()
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        try:
-            lease = await c.acquire(semaphore_id, timeout_s=0.5)
-        except CoordinationUnavailable as exc:
-            outage.reasons.append(exc.reason)
-            response = http_unavailable(exc)
-            assert response.status_code == 503
-            assert exc.reason in str(response)
-            await asyncio.sleep(0.1)
-            continue
-        except AcquireTimeout:
-            continue  # a data-loss grace after the failover: admitting nothing is safe
-        await lease.release()
-        outage.recovered_after_s = time.monotonic() - began
-        return outage
-    raise AssertionError(f"never recovered; saw {sorted(set(outage.reasons))}")
-
-
-def assert_clear(outage: Outage) -> None:
-    assert outage.reasons, "the failover was never seen as unavailable"
-    unclear = [r for r in outage.reasons if not r.startswith(FAILOVER_REASONS)]
-    assert not unclear, f"unclear reasons: {sorted(set(unclear))}"
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[RedisClusterNodes]:
-    with _started(RedisClusterNodes) as cluster:
-        _reset_cluster(cluster)
-        yield cluster
-
-
-@pytest.fixture
-def own_sentinel_set() -> Iterator[RedisSentinelSet]:
-    with _started(RedisSentinelSet) as sentinel_set:
-        _reset_sentinel(sentinel_set)
-        yield sentinel_set
-
-
-async def test_a_killed_cluster_primary_fails_closed_until_its_replica_takes_over(
-    own_cluster: RedisClusterNodes,
-) -> None:
-    deployment = Deployment(CLUSTER, cluster_options(own_cluster))
-    try:
-        a = await deployment.coordinator(replica_id="a")
-        b = await deployment.coordinator(replica_id="b")
-        await a.registry.create("ha", 1)
-        lease = await a.acquire("ha", timeout_s=5)
-        await lease.release()
-        victim = own_cluster.node_for_key(a.keyspace.semaphore("ha").meta)
-        # A subscription on the node about to die (the source tries the nodes in turn).
-        source = ClusterSubscriptionSource(a.redis)  # type: ignore[arg-type]
-        received: list[bytes] = []
-        subscription = await Subscription.open(source, ["probe:*"], received.append, 2)
-        for _ in range(len(own_cluster.nodes)):
-            if subscription.address == ("127.0.0.1", victim.port):
-                break
-            subscription.close()
-            subscription = await Subscription.open(source, ["probe:*"], received.append, 2)
-        assert subscription.address == ("127.0.0.1", victim.port)
-        own_cluster.sync_replicas(victim)  # this failover loses no write
-        own_cluster.kill(victim)
-        with pytest.raises(SubscriptionLost):
-            await asyncio.wait_for(subscription.serve(0.5), 5)
-        assert not await a.ping(), "readiness sees the dead primary"
-        outage = await ride_out(a, "ha")
-        assert_clear(outage)
-        print(f"cluster failover: {len(outage.reasons)} refusals, {outage.recovered_after_s:.1f}s")
-        assert await a.ping(), "every primary answers again"
-        # The next subscription lands on another node, and a PUBLISH anywhere reaches it.
-        moved = await Subscription.open(source, ["probe:*"], received.append, 2)
-        try:
-            assert moved.address != ("127.0.0.1", victim.port)
-            await a.redis.publish("probe:1", b"after the failover")
-            await until(lambda: received == [b"after the failover"], "the message", 5)
-        finally:
-            moved.close()
-        # The wake path works again too: b's subscription moved off the lost node if it was
-        # on it, and a release hands the slot over by message.
-        await until(lambda: b.dispatcher.connected, "b's wake subscription", 15)
-        held = await a.acquire("ha", timeout_s=10)
-        waiter = asyncio.create_task(b.acquire("ha", timeout_s=20))
-        await until(lambda: bool(b.dispatcher._events), "b's waiter registered")
-        await asyncio.sleep(0.3)
-        grants = b.dispatcher.grants_received
-        await held.release()
-        await (await asyncio.wait_for(waiter, 10)).release()
-        assert b.dispatcher.grants_received == grants + 1, "the grant came by message"
-    finally:
-        await deployment.close()
-
-
-async def test_a_sentinel_failover_fails_closed_until_the_replica_is_promoted(
-    own_sentinel_set: RedisSentinelSet,
-) -> None:
-    deployment = Deployment(SENTINEL, sentinel_options(own_sentinel_set))
-    try:
-        a = await deployment.coordinator(replica_id="a")
-        b = await deployment.coordinator(replica_id="b")
-        await a.registry.create("ha", 1)
-        lease = await a.acquire("ha", timeout_s=5)
-        await lease.release()
-        old = own_sentinel_set.primary()
-        own_sentinel_set.sync_replicas()  # this failover loses no write
-        old.kill()
-        assert not await a.ping(), "readiness sees the dead primary"
-        outage = await ride_out(a, "ha")
-        assert_clear(outage)
-        print(f"sentinel failover: {len(outage.reasons)} refusals, {outage.recovered_after_s:.1f}s")
-        assert own_sentinel_set.primary().port != old.port
-        assert await a.ping()
-        # b's wake subscription followed the primary: the handoff comes by message.
-        await until(lambda: b.dispatcher.connected, "b's wake subscription", 15)
-        held = await a.acquire("ha", timeout_s=10)
-        waiter = asyncio.create_task(b.acquire("ha", timeout_s=20))
-        await until(lambda: bool(b.dispatcher._events), "b's waiter registered")
-        await asyncio.sleep(0.3)
-        grants = b.dispatcher.grants_received
-        await held.release()
-        await (await asyncio.wait_for(waiter, 10)).release()
-        assert b.dispatcher.grants_received == grants + 1, "the grant came by message"
-    finally:
-        await deployment.close()
-
-
-async def test_a_manual_sentinel_failover_is_followed_by_callers_and_the_subscription(
-    own_sentinel_set: RedisSentinelSet,
-) -> None:
-    """SENTINEL FAILOVER demotes a primary that stays up: its clients get READONLY (turned
-    into a reconnect to the new primary) and a subscription on it would hear nothing more, so
-    the health check gives it up once the sentinels name another primary."""
-    deployment = Deployment(SENTINEL, sentinel_options(own_sentinel_set))
-    try:
-        a = await deployment.coordinator(replica_id="a")
-        await a.registry.create("manual", 1)
-        pool = a.redis.connection_pool
-        received: list[bytes] = []
-        subscription = await Subscription.open(
-            PoolSubscriptionSource(pool), ["probe:*"], received.append, 2
-        )
-        old = own_sentinel_set.primary()
-        assert subscription.address == ("127.0.0.1", old.port)
-        own_sentinel_set.sync_replicas()
-        sentinel = own_sentinel_set.sentinels[0].client()
-        try:
-            sentinel.sentinel_failover(own_sentinel_set.master_name)
-        finally:
-            sentinel.close()
-        own_sentinel_set.wait_for_failover(old.port)
-        assert old.alive, "the old primary is still up, now a replica"
-        with pytest.raises(SubscriptionLost, match="no longer serves"):
-            await asyncio.wait_for(subscription.serve(0.2), 10)
-        outage = await ride_out(a, "manual")
-        print(f"manual failover: {len(outage.reasons)} refusals after the promotion")
-        if outage.reasons:
-            assert_clear(outage)
-        follower = await Subscription.open(
-            PoolSubscriptionSource(pool), ["probe:*"], received.append, 2
-        )
-        try:
-            assert follower.address == ("127.0.0.1", own_sentinel_set.primary().port)
-        finally:
-            follower.close()
-    finally:
-        await deployment.close()

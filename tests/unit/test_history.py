@@ -14,7 +14,8 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from service.coordination import ACCOUNT, GLOBAL, Coordinator, SemaphoreNotFound, SemaphoreView
+from service.coordination import GLOBAL, Coordinator, SemaphoreNotFound, SemaphoreView
+from service.fingerprint import ACCOUNT
 from service.limits import AccountLimits
 from service.observability.history import (
     BUCKET_S,

@@ -23,6 +23,6 @@ if [[ $LINT == 1 ]]; then
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/mypy"
 fi
-# Three workers, one test file each at a time (module fixtures stay shared); PYTEST_WORKERS=0
-# runs everything in this process.
-exec "$VENV/bin/pytest" -n "${PYTEST_WORKERS:-3}" --dist loadfile "$@"
+# Four workers, one test file each at a time (module fixtures stay shared), the files with the
+# most slow tests first (tests/conftest.py); PYTEST_WORKERS=0 runs everything in this process.
+exec "$VENV/bin/pytest" -n "${PYTEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"

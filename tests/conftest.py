@@ -20,3 +20,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("system") is not None:
             item.add_marker(pytest.mark.slow)
+    # Files with the most slow tests first: pytest-xdist (--dist loadfile --no-loadscope-reorder,
+    # scripts/test.sh) hands files out in this order, so the long ones start at once instead of
+    # last, after the many quick ones (its default order, by test count, put them last).
+    # The soak's file first of all: it alone lasts five minutes in CI.
+    weights: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        weight = 1 if item.get_closest_marker("slow") is not None else 0
+        if item.get_closest_marker("soak") is not None:
+            weight = 10_000
+        weights[path] = weights.get(path, 0) + weight
+    items.sort(key=lambda item: -weights[item.nodeid.split("::")[0]])  # stable: files stay whole

@@ -40,7 +40,7 @@ from tests.integration.test_redis_modes import (
     sentinel_options,
 )
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 TTL_S = 8.0  # longer than a failover here (2-3.5 s), so a live holder keeps renewing through it
 HOLD_MS = 15_000  # the holder outlasts the failover and the grace that follows it

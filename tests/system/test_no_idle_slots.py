@@ -20,7 +20,11 @@ pytestmark = [pytest.mark.system, pytest.mark.redis]
 
 ACCOUNT_A = "r8_account_a_hol_test_token"
 ACCOUNT_B = "r8_account_b_hol_test_token"
-WINDOW_S = 8
+WINDOW_S = 8  # the upstream's window, as the test checks it at the simulator
+# The service's window is longer by the same 1 s margin as in production (61 s for Replicate's
+# 60): a create admitted at the window's edge reaches the upstream a little later, more so on a
+# loaded machine (measured: 3 creates in 8 s at the simulator with no margin, under -n 6).
+SERVICE_WINDOW_S = WINDOW_S + 1
 
 
 def body(token: str, prompt: str, semaphore_id: str | None = None) -> dict[str, object]:
@@ -48,7 +52,7 @@ async def generate(
 async def test_a_caller_blocked_by_its_own_window_leaves_a_shared_semaphore_to_others() -> None:
     env = {
         "REPLICATE_REQUESTS_PER_MINUTE": "2",
-        "ACCOUNT_WINDOW_SECONDS": str(WINDOW_S),
+        "ACCOUNT_WINDOW_SECONDS": str(SERVICE_WINDOW_S),
         "QUEUE_TIMEOUT_SECONDS": "60",
     }
     with running_cluster(env=env) as cluster:

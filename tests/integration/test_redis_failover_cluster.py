@@ -1,0 +1,132 @@
+"""A Cluster primary killed: callers fail closed with a clear reason until its replica takes
+over, then resume by themselves (the basics of each mode: test_redis_modes.py; split from it so
+that pytest-xdist runs the failovers beside the rest)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from service.coordination import (
+    AcquireTimeout,
+    CoordinationUnavailable,
+    Coordinator,
+)
+from service.coordination.subscriber import (
+    ClusterSubscriptionSource,
+    Subscription,
+    SubscriptionLost,
+)
+from service.coordination_errors import unavailable as http_unavailable
+from tests.fixtures.redis_cluster import RedisClusterNodes
+from tests.integration.test_redis_modes import (
+    CLUSTER,
+    FAILOVER_REASONS,
+    Deployment,
+    _reset_cluster,
+    _started,
+    cluster_options,
+    until,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+@dataclass
+class Outage:
+    """What callers saw while a failover lasted."""
+
+    reasons: list[str] = field(default_factory=list)
+    recovered_after_s: float | None = None
+
+
+async def ride_out(c: Coordinator, semaphore_id: str, timeout_s: float = 40.0) -> Outage:
+    """Acquire and release in a loop until it works again, collecting each failure."""
+    outage = Outage()
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        try:
+            lease = await c.acquire(semaphore_id, timeout_s=0.5)
+        except CoordinationUnavailable as exc:
+            outage.reasons.append(exc.reason)
+            response = http_unavailable(exc)
+            assert response.status_code == 503
+            assert exc.reason in str(response)
+            await asyncio.sleep(0.1)
+            continue
+        except AcquireTimeout:
+            continue  # a data-loss grace after the failover: admitting nothing is safe
+        await lease.release()
+        outage.recovered_after_s = time.monotonic() - began
+        return outage
+    raise AssertionError(f"never recovered; saw {sorted(set(outage.reasons))}")
+
+
+def assert_clear(outage: Outage) -> None:
+    assert outage.reasons, "the failover was never seen as unavailable"
+    unclear = [r for r in outage.reasons if not r.startswith(FAILOVER_REASONS)]
+    assert not unclear, f"unclear reasons: {sorted(set(unclear))}"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterNodes]:
+    with _started(RedisClusterNodes) as cluster:
+        _reset_cluster(cluster)
+        yield cluster
+
+
+async def test_a_killed_cluster_primary_fails_closed_until_its_replica_takes_over(
+    own_cluster: RedisClusterNodes,
+) -> None:
+    deployment = Deployment(CLUSTER, cluster_options(own_cluster))
+    try:
+        a = await deployment.coordinator(replica_id="a")
+        b = await deployment.coordinator(replica_id="b")
+        await a.registry.create("ha", 1)
+        lease = await a.acquire("ha", timeout_s=5)
+        await lease.release()
+        victim = own_cluster.node_for_key(a.keyspace.semaphore("ha").meta)
+        # A subscription on the node about to die (the source tries the nodes in turn).
+        source = ClusterSubscriptionSource(a.redis)  # type: ignore[arg-type]
+        received: list[bytes] = []
+        subscription = await Subscription.open(source, ["probe:*"], received.append, 2)
+        for _ in range(len(own_cluster.nodes)):
+            if subscription.address == ("127.0.0.1", victim.port):
+                break
+            subscription.close()
+            subscription = await Subscription.open(source, ["probe:*"], received.append, 2)
+        assert subscription.address == ("127.0.0.1", victim.port)
+        own_cluster.sync_replicas(victim)  # this failover loses no write
+        own_cluster.kill(victim)
+        with pytest.raises(SubscriptionLost):
+            await asyncio.wait_for(subscription.serve(0.5), 5)
+        assert not await a.ping(), "readiness sees the dead primary"
+        outage = await ride_out(a, "ha")
+        assert_clear(outage)
+        print(f"cluster failover: {len(outage.reasons)} refusals, {outage.recovered_after_s:.1f}s")
+        assert await a.ping(), "every primary answers again"
+        # The next subscription lands on another node, and a PUBLISH anywhere reaches it.
+        moved = await Subscription.open(source, ["probe:*"], received.append, 2)
+        try:
+            assert moved.address != ("127.0.0.1", victim.port)
+            await a.redis.publish("probe:1", b"after the failover")
+            await until(lambda: received == [b"after the failover"], "the message", 5)
+        finally:
+            moved.close()
+        # The wake path works again too: b's subscription moved off the lost node if it was
+        # on it, and a release hands the slot over by message.
+        await until(lambda: b.dispatcher.connected, "b's wake subscription", 15)
+        held = await a.acquire("ha", timeout_s=10)
+        waiter = asyncio.create_task(b.acquire("ha", timeout_s=20))
+        await until(lambda: bool(b.dispatcher._events), "b's waiter registered")
+        await asyncio.sleep(0.3)
+        grants = b.dispatcher.grants_received
+        await held.release()
+        await (await asyncio.wait_for(waiter, 10)).release()
+        assert b.dispatcher.grants_received == grants + 1, "the grant came by message"
+    finally:
+        await deployment.close()

@@ -76,7 +76,9 @@ local rank
 local admitted = held and tonumber(held) > now
 if admitted then
   -- Granted (by a release whose message it missed), and its holder is alive and takes it now:
-  -- not an orphan, whatever a purge made of it.
+  -- not an orphan, whatever a purge made of it. (A grant is unpinned until its waiter takes it,
+  -- so a purge frees a lapsed one rather than orphaning it; this stays for a grant pinned by
+  -- a script of an earlier version.)
   redis.call('ZREM', ORPHANS, lease_id)
 else
   -- Admitted only if it is among the heads that fit in the free slots (no barging).
@@ -95,9 +97,9 @@ else
 end
 
 if admitted then
-  -- A full TTL from now with this attempt's holder JSON (for a grant too: the caller is alive,
-  -- and a purge may have raised an unclaimed grant's score to its pin), pinned when asked, and
-  -- a window entry when one was asked for.
+  -- A full TTL from now with this attempt's holder JSON, pinned when asked, and a window entry
+  -- when one was asked for. For a grant too: the caller is alive, and this poll is how it takes
+  -- the grant (no renewal confirms it), so the pin is written here, as for an admission.
   local expiry = now + ttl
   redis.call('ZADD', HOLDERS, expiry, lease_id)
   redis.call('HSET', INFO, lease_id, with_fields({acquired_at = acquired_at}, holder_json))

@@ -4,6 +4,9 @@
 -- exception is a node that lost data (restarted, or a replica promoted without the last
 -- writes: check_node): the semaphore gets a new epoch and a grace period, or comes back with
 -- them if it is gone, and a holder whose lease belongs to an older epoch re-asserts it.
+-- A lease renewed with a pin left that has none yet is pinned now (NX: an existing pin never
+-- moves): a slot granted by a release is pinned when its waiter confirms it with this renewal
+-- (Semaphores._complete_grant), not at the grant (grant_heads in lib/semaphore.lua).
 --
 -- KEYS: the semaphore's nine keys (lib/semaphore.lua)
 -- ARGV:
@@ -18,7 +21,9 @@ local recreate_always = ARGV[5] == '1'    -- '1': re-create a missing semaphore 
 local FIRST_LEASE = 6                     -- ARGV[6..]: quadruples of lease id, the epoch it was
                                           -- last confirmed in ('' never re-asserts it: its holder
                                           -- no longer trusts it), holder JSON and ms left of its
-                                          -- pin by its holder's clock (0: none), to re-assert it
+                                          -- pin by its holder's clock (0: none), to pin it if
+                                          -- it is not pinned yet (a grant being confirmed) or
+                                          -- to re-assert it
 -- Returns: {expiry_ms, epoch, code_1, code_2, ...} with code 1 renewed, 2 re-asserted, and for a
 --          lost lease why: 0 it expired before this renewal, 3 the semaphore was deleted,
 --          4 it was no longer there (released by an operator, or expired and purged)
@@ -61,6 +66,12 @@ for i = FIRST_LEASE, #ARGV, 4 do
   if limit and alive then
     redis.call('ZADD', HOLDERS, 'XX', expiry, id)
     redis.call('ZREM', ORPHANS, id)
+    -- Pinned already (admitted by acquire_slot, confirmed before, adopted): one ZADD NX that
+    -- adds nothing. Else a grant its waiter confirms now: pinned for what its waiter's clock
+    -- says is left, counted from when it learned of the grant; its keys outlive the pin.
+    if pin_left > 0 and redis.call('ZADD', PINS, 'NX', now + pin_left, id) == 1 then
+      for _, key in ipairs({HOLDERS, INFO, PINS}) do keep_for(key, pin_left + ttl) end
+    end
     code = 1
   elseif limit and not score and acquired_epoch ~= epoch and acquired_epoch ~= ''
     and now < grace_until then

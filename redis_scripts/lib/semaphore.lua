@@ -12,10 +12,12 @@ local PINS = KEYS[8]     -- ZSET lease id -> ms after which its prediction canno
 local ORPHANS = KEYS[9]  -- ZSET lease id -> ms it was orphaned (purge, docs/slot-ownership.md)
 
 -- A waiter record (QINFO) is a cjson object, written by acquire_slot: `replica`, `since` (who
--- waits, since when: for operators), `ttl_ms` and `pin_ms` (the lease it asked for) and `holder`,
--- the holder JSON its lease will carry in INFO, as a string, without `acquired_at` (a grant
--- stamps it). Holder JSON is never decoded by a script: a prediction's input in it may hold
--- numbers that cjson would round.
+-- waits, since when: for operators), `ttl_ms` (the lease TTL it asked for), `pin_ms` (the pin
+-- it asked for; not read here any more, since a grant is pinned when its waiter confirms it,
+-- see grant_heads, but kept for the grants of a replica still running an earlier version,
+-- which require it) and `holder`, the holder JSON its lease will carry in INFO, as a string,
+-- without `acquired_at` (a grant stamps it). Holder JSON is never decoded by a script:
+-- a prediction's input in it may hold numbers that cjson would round.
 
 -- The JSON object `object` (text) with the fields of the Lua table `head` (not empty, encoded by
 -- cjson) in front of its own.
@@ -151,7 +153,7 @@ end
 local function waiter_record(id)
   local ok, record = pcall(cjson.decode, redis.call('HGET', QINFO, id) or '')
   if ok and type(record) == 'table' and type(record.ttl_ms) == 'number'
-    and type(record.pin_ms) == 'number' and type(record.holder) == 'string' then
+    and type(record.holder) == 'string' then
     return record
   end
   return nil
@@ -161,10 +163,18 @@ end
 -- and tell their processes, so that a waiter gets its lease without asking again. The protocol,
 -- with a worked timeline, is in service/coordination/semaphore.py.
 --
--- A grant is a lease like any other (holders + info, pinned if the waiter asked for a pin),
--- expiring at the earlier of now + the waiter's lease TTL and its queue entry's expiry. Its
--- holder JSON is the one the waiter sent with its last attempt, `acquired_at` set to now. Heads
--- whose queue entry already expired, or without a record, are dropped, never granted.
+-- A grant is a lease like any other (holders + info), expiring at the earlier of now + the
+-- waiter's lease TTL and its queue entry's expiry. Its holder JSON is the one the waiter sent
+-- with its last attempt, `acquired_at` set to now. Heads whose queue entry already expired, or
+-- without a record, are dropped, never granted.
+--
+-- A grant is never pinned here, even for a waiter that asked for a pin: nothing can follow it
+-- until its waiter confirms it (Semaphores._complete_grant: a renewal, and renew_leases pins it
+-- then, for what the waiter's clock says is left of its pin), or learns of it by its own poll
+-- (acquire_slot pins it then). A waiter whose process died never does: its grant guards no
+-- work, and the purge frees it at its expiry like any unpinned lease, for the next head. (Pinned
+-- here, it became an orphan, held until a replica adopted it and made sure no prediction ran:
+-- docs/slot-ownership.md, "When a lease is pinned".)
 --
 -- One message per process: a lease id "<random>-<token>" is announced on "<channel>:<token>",
 -- any other id on `channel` itself:
@@ -202,15 +212,10 @@ local function grant_heads(now, channel, caller, local_token)
   local ids, longest = {}, 0
   local messages, order = {}, {}
   for _, grant in ipairs(granted) do
-    local id, ttl, pin_ms = grant.id, grant.record.ttl_ms, grant.record.pin_ms
+    local id, ttl = grant.id, grant.record.ttl_ms
     local expiry = math.min(now + ttl, grant.until_ms)
     redis.call('ZADD', HOLDERS, expiry, id)
     redis.call('HSET', INFO, id, with_fields(stamp, grant.record.holder))
-    if pin_ms > 0 then
-      redis.call('ZADD', PINS, now + pin_ms, id)
-      longest = math.max(longest, pin_ms)
-      keep_for(PINS, pin_ms + ttl)
-    end
     ids[#ids + 1] = id
     longest = math.max(longest, ttl)
     if id ~= caller then

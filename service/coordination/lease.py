@@ -82,10 +82,15 @@ class Lease:
     it at that moment: one TTL, except for a lease granted by a release, whose grant can lapse
     with its queue entry (sooner) until its first renewal.
 
-    `pin_s`: the lease is pinned (the work it guards may run that long from now). Counted from
-    when this process learned of the admission, after Redis set the pin, the local deadline is
-    never earlier than Redis' own: a renewal that re-asserts the lease after a node lost it pins
-    it again for what is left (pin_left_ms), with no clock compared across processes or nodes.
+    `pin_s`: the lease is pinned (the work it guards may run that long from now), counted from
+    when this process learned of the admission or the grant. An admitted lease was pinned by
+    acquire_slot just before (Redis' pin ends up to a round trip sooner than this deadline); a
+    granted one is pinned only by the renewal that confirms it (Semaphores._complete_grant), for
+    what is left of this deadline when the renewal is sent (pin_left_ms), from when Redis runs
+    it (up to a round trip later). A renewal that re-asserts the lease after a node lost it pins
+    it the same way; an existing pin is never moved. Either pin outlasts the work, whose own
+    deadline (Cancel-After) counts from before the acquisition, and no clock is compared across
+    processes or nodes.
     """
 
     def __init__(

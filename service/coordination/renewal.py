@@ -10,7 +10,10 @@ A lease granted by a release lapses with its waiter's queue entry when that come
 grant to a dead waiter frees its slot as soon as the waiter's place in the queue would have):
 the renewer brings it to a full TTL soon after the grant, within TTL/10 (or a quarter of what
 the grant has left, if sooner), in one renew_leases call per semaphore for every lease that came
-due together. Most short holds are released before then and need no call at all.
+due together. Most short holds are released before then and need no call at all. A grant of a
+pinned lease is renewed at once instead, before its waiter uses it (Semaphores._complete_grant):
+that renewal confirms it and pins it (a grant is never pinned when it is made). Every renewal
+sends what is left of each lease's pin; the script pins only a lease that has no pin yet.
 
 A data loss is seen per node: each semaphore notices in its scripts that the node serving it
 changed (a restart, a failover) and opens a grace in which its holders re-assert what the node

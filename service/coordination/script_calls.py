@@ -110,7 +110,8 @@ class LeaseToRenew:
     lease_id: str
     epoch: str  # the epoch it was acquired in
     holder_json: str  # written back if the lease is re-asserted
-    # Ms left of its pin by its holder's clock (0: none): pinned again for that if re-asserted.
+    # Ms left of its pin by its holder's clock (0: none): pinned for that if Redis has no pin
+    # for it yet (a grant its waiter confirms), or again if it is re-asserted.
     pin_left_ms: int = 0
 
 
@@ -309,7 +310,8 @@ class ScriptCalls:
         re-creates a missing semaphore, with `grace_ms` of grace, if a lease's epoch began on
         another node than the one serving it now (that node lost it), or with
         `recreate_always` (the caller suspects a loss); otherwise it was deleted. A lease sent
-        with the epoch '' is never re-asserted; one re-asserted is pinned for its `pin_left_ms`."""
+        with the epoch '' is never re-asserted; one renewed without a pin yet (a grant being
+        confirmed) or re-asserted is pinned for its `pin_left_ms` (an existing pin never moves)."""
         args: list[object] = [
             ttl_ms,
             recreate_limit,

@@ -25,9 +25,13 @@ timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (Redis time):
 
     If B's process had died at t=4, nobody renews L2: it lapses at t=13.4, exactly when B's
     queue entry would have, and C's poll, which never sleeps past the nearest lease expiry,
-    takes the slot then. If the message to B is lost, B's next poll (at t≈6.8) finds the slot
-    "already held" by L2 and extends it to a full TTL. If A's replica had died instead,
-    nobody releases: L1 expires at t=30, and B's poll purges it and takes the slot at t≈30.
+    takes the slot then. (Had B asked for a pinned lease, L2 would be pinned only once B
+    confirmed it, by a renewal at t=5.001 before anything uses it: a grant nobody confirmed
+    guards no work, so it is freed at its lapse, never orphaned. See _complete_grant.) If the
+    message to B is lost, B's next poll (at t≈6.8) finds the slot "already held" by L2 and
+    extends it to a full TTL (pinned if B asked for a pin, as any admission). If A's replica
+    had died instead, nobody releases: L1 expires at t=30, and B's poll purges it and takes the
+    slot at t≈30.
 
 So no waiter relies on a message: pub/sub can lose one (a dropped connection, a restart: after
 a reconnect every local waiter re-checks once), a release reply can be lost (then every waiter
@@ -168,7 +172,10 @@ class Semaphores:
                 holder=stamped,
                 keys_ttl_ms=options.keys_ttl_ms,
                 valid_s=valid_s,
-                pin_s=options.pin_ms / 1000,  # Redis pinned it before this moment
+                # Counted from now, when this process learned of its admission or grant: Redis
+                # pinned an admission just before; a grant is pinned by its confirmation
+                # (_complete_grant) for what is left of this, from when Redis runs it.
+                pin_s=options.pin_ms / 1000,
             )
 
         try:
@@ -184,7 +191,9 @@ class Semaphores:
                         raise asyncio.CancelledError
                     # A release gave us the slot; Redis stamped the holder with the grant time.
                     stamped = dataclasses.replace(stamped, acquired_at=grant.granted_at_ms / 1000)
+                    # Built now that this process learned of the grant: its pin counts from here.
                     lease = lease_of(grant.expires_at_ms, grant.epoch, grant.limit, grant.valid_s)
+                    # A pinned grant is confirmed (and pinned) before it is handed over.
                     if await self._complete_grant(lease, confirm=options.pin_ms > 0):
                         acquired = True
                         return self._admitted(lease, started)
@@ -269,9 +278,17 @@ class Semaphores:
         if the lease turned out lost meanwhile.
 
         `confirm` (a pinned lease: work that may outlive this process follows at once): renew
-        before handing it over, whatever the message said. A message read late (this process
-        was frozen while it waited) may name a grant that lapsed and was settled and granted
-        again meanwhile; the renewal is the atomic check that it is still ours."""
+        before handing it over, whatever the message said. This renewal is also what pins the
+        grant: grant_heads (redis_scripts/lib/semaphore.lua) grants it unpinned, and
+        renew_leases pins it (ZADD NX) for `lease.pin_left_ms()`, counted from when this process
+        learned of the grant. So a grant whose waiter never confirms it (its process died with
+        its place in the queue) guards no work and is freed at its lapse like any unpinned
+        lease, not orphaned and held until an adopter settles it; no create can follow a grant
+        that was not confirmed. The renewal is also the atomic check that the grant is still
+        ours: a message read late (this process was frozen while it waited) may name a grant
+        that lapsed and was freed, or freed and granted again, meanwhile; that renewal then
+        finds it lost. (A waiter that learns of its grant by its own poll instead takes it in
+        acquire_slot, which pins it as it does any admission.)"""
         if confirm:
             await self._renewer.renew_now(lease)
             return not lease.lost.is_set()

@@ -9,13 +9,15 @@ import pytest
 from service.coordination.script_calls import (
     AcquireReply,
     Admitted,
+    LeaseToRenew,
     Missing,
     Queued,
     Released,
     ReleaseOutcome,
+    RenewCode,
     WindowTake,
 )
-from tests.unit.script_harness import HOLDER, FakeClock, Harness
+from tests.unit.script_harness import HOLDER, FakeClock, Harness, done
 
 
 def admitted(reply: AcquireReply) -> Admitted:
@@ -598,12 +600,26 @@ def test_an_expired_pinned_lease_not_yet_purged_is_renewed_by_its_holder(
     assert harness.renew([("a", epoch)]).codes == (1,)
 
 
-def test_a_grant_pins_the_waiter_it_admits(harness: Harness, clock: FakeClock) -> None:
+def test_a_grant_is_pinned_by_its_waiters_confirmation_not_by_the_grant(
+    harness: Harness, clock: FakeClock
+) -> None:
+    # (Was test_a_grant_pins_the_waiter_it_admits, which asserted the pin written at the grant.
+    # A grant is now pinned when its waiter confirms it: a grant to a waiter that died guards
+    # no work and must be freed at its expiry, not orphaned. tests/unit/test_grant_pins.py.)
     harness.create(1)
     harness.acquire("a", ttl_ms=1000)
     harness.acquire("b", ttl_ms=1000, pin_ms=30_000)  # queued, asks for a pin
     assert harness.release("a") == 1  # granted to b
-    assert harness.client.zscore(harness.keys.pins, "b") == harness.now_ms() + 30_000
+    assert harness.client.zscore(harness.keys.pins, "b") is None
+    epoch = harness.client.hget(harness.keys.meta, "epoch").decode()
+    clock.advance(0.01)
+    renewal = done(
+        harness.calls.renew_leases(
+            "s", ttl_ms=1000, leases=[LeaseToRenew("b", epoch, "{}", pin_left_ms=29_990)]
+        )
+    )
+    assert renewal.codes == (RenewCode.RENEWED,)
+    assert harness.client.zscore(harness.keys.pins, "b") == harness.now_ms() + 29_990
 
 
 def test_delete_removes_pins_and_orphans(harness: Harness, clock: FakeClock) -> None:

@@ -41,8 +41,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from service.coordination.script_calls import AcquireReply, Admitted, Queued
-from tests.unit.script_harness import FakeClock, Harness, redis_clock
+from service.coordination.script_calls import AcquireReply, Admitted, LeaseToRenew, Queued
+from tests.unit.script_harness import FakeClock, Harness, done, redis_clock
 
 TTL_MS = 1000
 QUEUE_TTL_MS = 3000
@@ -353,16 +353,22 @@ class SlotOwnershipModel(RuleBasedStateMachine):
         proc, lease_id = waiting[index % len(waiting)]
         pin_ms = proc.waiters[lease_id]
         if how == "message" and lease_id in proc.grants:
-            expiry, epoch, granted_at = proc.grants.pop(lease_id)
+            expiry, epoch, _granted_at = proc.grants.pop(lease_id)
             del proc.waiters[lease_id]
+            learned_at = self.now()  # its pin counts from when its waiter read the message
             if pin_ms:
                 # A pinned grant is confirmed by a renewal before it is used, however late the
-                # message was read (Semaphores._complete_grant): lost, the waiter gives up here.
-                renewed = self.h.renew([(lease_id, epoch)], ttl_ms=TTL_MS)
+                # message was read (Semaphores._complete_grant), and that renewal pins it for
+                # what the waiter says is left of its pin: lost, the waiter gives up here.
+                renewed = done(
+                    self.h.calls.renew_leases(
+                        "s", ttl_ms=TTL_MS, leases=[LeaseToRenew(lease_id, epoch, "{}", pin_ms)]
+                    )
+                )
                 if renewed.codes[0] not in (1, 2):
                     return
                 expiry = renewed.expires_at_ms
-            lease = Lease(lease_id, epoch, expiry, granted_at + pin_ms if pin_ms else 0)
+            lease = Lease(lease_id, epoch, expiry, learned_at + pin_ms if pin_ms else 0)
             proc.leases[lease_id] = lease
             # Unpinned: granted, then maybe orphaned and adopted before it read the message,
             # its prediction runs under that slot, whatever its id now. Pinned: the renewal

@@ -35,6 +35,10 @@ from tests.integration.test_redis_modes import (
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
+# A failover opens one lease TTL of grace on the node (docs/redis-ha.md, per-node loss
+# detection): a short TTL keeps the wait for it short.
+LEASE_TTL_S = 3.0
+
 
 @dataclass
 class Outage:
@@ -84,8 +88,8 @@ async def test_a_killed_cluster_primary_fails_closed_until_its_replica_takes_ove
 ) -> None:
     deployment = Deployment(CLUSTER, cluster_options(own_cluster))
     try:
-        a = await deployment.coordinator(replica_id="a")
-        b = await deployment.coordinator(replica_id="b")
+        a = await deployment.coordinator(replica_id="a", lease_ttl_s=LEASE_TTL_S)
+        b = await deployment.coordinator(replica_id="b", lease_ttl_s=LEASE_TTL_S)
         await a.registry.create("ha", 1)
         lease = await a.acquire("ha", timeout_s=5)
         await lease.release()

@@ -35,6 +35,10 @@ from tests.integration.test_redis_modes import (
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
+# A failover opens one lease TTL of grace on the node (docs/redis-ha.md, per-node loss
+# detection): a short TTL keeps the wait for it short.
+LEASE_TTL_S = 3.0
+
 
 @dataclass
 class Outage:
@@ -84,8 +88,8 @@ async def test_a_sentinel_failover_fails_closed_until_the_replica_is_promoted(
 ) -> None:
     deployment = Deployment(SENTINEL, sentinel_options(own_sentinel_set))
     try:
-        a = await deployment.coordinator(replica_id="a")
-        b = await deployment.coordinator(replica_id="b")
+        a = await deployment.coordinator(replica_id="a", lease_ttl_s=LEASE_TTL_S)
+        b = await deployment.coordinator(replica_id="b", lease_ttl_s=LEASE_TTL_S)
         await a.registry.create("ha", 1)
         lease = await a.acquire("ha", timeout_s=5)
         await lease.release()
@@ -120,7 +124,7 @@ async def test_a_manual_sentinel_failover_is_followed_by_callers_and_the_subscri
     the health check gives it up once the sentinels name another primary."""
     deployment = Deployment(SENTINEL, sentinel_options(own_sentinel_set))
     try:
-        a = await deployment.coordinator(replica_id="a")
+        a = await deployment.coordinator(replica_id="a", lease_ttl_s=LEASE_TTL_S)
         await a.registry.create("manual", 1)
         pool = a.redis.connection_pool
         received: list[bytes] = []

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import SERVICE_NAME, VERSION
@@ -207,7 +208,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith(OPENAI_PREFIX):  # OpenAI's clients read its envelope
             return openai_error_response(NotFound(message))
     elif exc.status_code == 405:
-        allowed = headers.get("allow") or headers.get("Allow")
+        # Starlette answers with the methods of the first route whose path matched; a path
+        # served by several routes (GET and POST /global-semaphores) allows all of theirs.
+        allowed = _allowed_methods(request) or headers.get("allow") or headers.get("Allow")
+        if allowed:
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = allowed
         message = f"Method not allowed: {target}" + (f" (allowed: {allowed})" if allowed else "")
     else:
         message = str(exc.detail)
@@ -224,6 +230,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         {"error": message or "Invalid request", "details": details[:50]}, status_code=400
     )
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods some route serves this path with (asked of each route, as the router asks)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def _short(text: str, limit: int) -> str:

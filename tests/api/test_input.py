@@ -302,6 +302,15 @@ async def test_wrong_method_is_json_405(api: Api, method: str, path: str) -> Non
     assert response.headers.get("allow")
 
 
+async def test_a_405_allows_every_method_of_every_route_on_its_path(api: Api) -> None:
+    """GET and POST /global-semaphores are two routes: the Allow header names both (Starlette
+    named only the first route's)."""
+    response = await api.client.request("PUT", "/global-semaphores")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+    assert "GET" in response.json()["error"] and "POST" in response.json()["error"]
+
+
 async def test_request_id_is_echoed_or_created(api: Api) -> None:
     given = await api.get("/health", headers={"X-Request-ID": "abc-123"})
     assert given.headers["X-Request-ID"] == "abc-123"

@@ -296,7 +296,8 @@ def _event(event_id: str, data: dict[str, Any]) -> ServerSentEvent:
 )
 async def replicate_webhook(request: Request) -> JSONResponse:
     """Replicate's signed `completed` webhook (PUBLIC_BASE_URL): completes the prediction's
-    task at once instead of at its next poll. 401 bad signature, 409 replay."""
+    task at once instead of at its next poll. 401 bad signature, 400 signed but not a
+    prediction, 409 replay."""
     found = services(request)
     replicate = jobs_of(request).replicate
     if not replicate.enabled:

@@ -25,7 +25,7 @@ from typing import Any
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from service.coordination import ChannelSubscription, Coordinator
-from service.errors import Conflict, Unauthorized
+from service.errors import BadRequest, Conflict, Unauthorized
 from service.jobs.store import _call
 from service.upstream import Upstream
 
@@ -65,17 +65,17 @@ class ReplicateWebhooks:
             self._subscription = None
 
     async def receive(self, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-        """Verify one delivery and pass it on; Unauthorized (bad signature or stale timestamp)
-        or Conflict (a replay) otherwise."""
+        """Verify one delivery and pass it on; Unauthorized (bad signature or stale timestamp),
+        BadRequest (signed, but no prediction in it) or Conflict (a replay) otherwise."""
         prediction = await self._verify(body, headers)
+        if not isinstance(prediction, dict) or not isinstance(prediction.get("id"), str):
+            raise BadRequest("Invalid Replicate webhook: the body is not a prediction (no 'id')")
         webhook_id = headers.get("webhook-id", "")
         fresh = await _call(
             self._client.set(f"{self._prefix}:{{rwh}}:{webhook_id}", 1, nx=True, ex=SEEN_TTL_S)
         )
         if not fresh:
             raise Conflict(f"Webhook '{webhook_id[:64]}' was already received (a replay)")
-        if not isinstance(prediction, dict) or not isinstance(prediction.get("id"), str):
-            raise Unauthorized("Replicate webhook without a prediction")
         await _call(self._client.publish(self.channel, json.dumps(prediction)))
         self.accepted += 1
         return prediction
@@ -85,9 +85,12 @@ class ReplicateWebhooks:
             secret = await self._upstream.webhook_secret(refresh=refresh)
             try:
                 return Webhook(secret).verify(body, headers)
+            except json.JSONDecodeError as exc:  # signed by Replicate's secret, but not JSON
+                message = f"Invalid Replicate webhook: the body is not JSON ({exc})"
+                raise BadRequest(message) from exc
             except WebhookVerificationError as exc:
                 reason = str(exc)
-            except ValueError as exc:  # a signature that is not base64, or a body not JSON
+            except ValueError as exc:  # a signature that is not base64
                 reason = f"malformed signature or body ({exc})"
             if reason != "No matching signature found":
                 break  # missing headers or a stale timestamp: a new secret will not help

@@ -703,6 +703,11 @@ async def test_a_tampered_or_replayed_replicate_webhook_is_refused(
         ).status_code == 200
         replay = await api.post("/replicate/webhook", content=real, headers=genuine)
         assert replay.status_code == 409
+        # Signed with the right secret but no prediction in it: the sender's mistake, 400.
+        for text in ("not json", "[1, 2]", '{"status": "succeeded"}'):
+            bad = await api.post("/replicate/webhook", content=text, headers=signed(text, "msg_e"))
+            assert bad.status_code == 400, (text, bad.text)
+            assert "Invalid Replicate webhook" in bad.json()["error"]
         after = (await api.get(f"/jobs/{job['id']}", headers=ADMIN)).json()
         assert after["status"] == "running" and after["tasks"][0]["files"] == []
         await api.post(f"/jobs/{job['id']}/cancel", headers=ADMIN)

@@ -423,7 +423,7 @@ def enqueue(calls: ScriptCalls, sem_id: str, waiter: str) -> Awaitable[AcquireRe
 
 
 async def server_zcard(c: Coordinator, key: str) -> int:
-    return int(await c.client.zcard(key))
+    return int(await c.redis.zcard(key))
 
 
 async def setup_and_micro(server: PrivateRedis, iterations: int, probes: int) -> MicroResult:

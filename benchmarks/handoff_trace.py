@@ -1,6 +1,12 @@
 """One handoff, hop by hop: where the time between a release and the next holder goes.
 
     python -m benchmarks.handoff_trace [--seconds 6] [--pause-ms 50] [--procs 3] [--workers 8]
+        [--send fast|plain|both] [--rounds 2]
+
+`--send plain` runs every process with redis-py's own `send_packed_command` (a Task per write;
+the same as RCG_PLAIN_SEND=1) instead of the library's (benchmarks/send_fast_path.py);
+`--send both` alternates the two, `--rounds` runs each, and prints every hop's p50 side by side
+(the median over rounds).
 
 Runs the peers kit's "+50 ms pause" workload (P processes x W workers, limit 4, hold 50 ms, a
 pause after each release) on a private redis-server, with the library instrumented in each
@@ -31,6 +37,7 @@ import bisect
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,17 +71,14 @@ def _redis(c):
 
 
 async def child(args: argparse.Namespace) -> None:
-    import redis.asyncio.connection as rconn
-
     import service.coordination.scripts as scripts_mod
     import service.coordination.subscriber as sub_mod
     import service.coordination.wake as wake_mod
+    from benchmarks import send_fast_path
     from service.coordination import Coordinator
+    from service.coordination.connection import HiredisPackingConnection
 
-    if os.environ.get("TRACE_FAST_SEND"):
-        from benchmarks import send_fast_path
-
-        send_fast_path.install()
+    send_fast_path.select_from_env()  # RCG_PLAIN_SEND=1: redis-py's own send (before)
     plain_source = scripts_mod.script_source
 
     def source(name: str) -> str:
@@ -96,7 +100,8 @@ async def child(args: argparse.Namespace) -> None:
         last_write[id(self)] = time.time()
 
     asyncio.StreamWriter.writelines = writelines  # type: ignore[method-assign]
-    plain_send = rconn.AbstractConnection.send_packed_command
+    # The library's connections: redis-py's send (a Task per write) or the library's override.
+    plain_send = HiredisPackingConnection.send_packed_command
 
     async def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
         await plain_send(self, command, check_health)
@@ -104,7 +109,7 @@ async def child(args: argparse.Namespace) -> None:
         if task is not None and self._writer is not None and id(self._writer) in last_write:
             last_write[id(task)] = last_write[id(self._writer)]
 
-    rconn.AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
+    HiredisPackingConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
 
     plain_received = sub_mod._PushProtocol.data_received
 
@@ -205,6 +210,17 @@ async def child(args: argparse.Namespace) -> None:
 
 
 def analyse(all_events: list[list[Any]]) -> list[str]:
+    lines = []
+    for kind, row in hops_of(all_events).items():
+        n = len(row.get("TOTAL t_rel -> lease in hand", []))
+        lines.append(f"grants {kind}: n={n}   (ms: p50 / p90)")
+        for k, v in row.items():
+            lines.append(f"  {k:<34} {percentile(v, 0.5):7.3f} / {percentile(v, 0.9):7.3f}")
+    return lines
+
+
+def hops_of(all_events: list[list[Any]]) -> dict[str, dict[str, list[float]]]:
+    """kind of grant -> hop -> its durations (ms)."""
     t_rel = {e[1]: e[2] for e in all_events if e[0] == "t_rel"}
     rels = sorted((e for e in all_events if e[0] == "rel" and e[5]), key=lambda e: e[5])
     ends = [e[5] for e in rels]
@@ -243,13 +259,70 @@ def analyse(all_events: list[list[Any]]) -> list[str]:
         row = rows["in release reply" if e[3] else "pub/sub"]
         for k, v in hops.items():
             row.setdefault(k, []).append(v * 1000)
+    return rows
+
+
+def side_by_side(runs: dict[str, list[dict[str, dict[str, list[float]]]]]) -> list[str]:
+    """--send both: the median over rounds of each hop's p50, redis-py's send against the
+    library's, and their ratio."""
     lines = []
-    for kind, row in rows.items():
-        n = len(row.get("TOTAL t_rel -> lease in hand", []))
-        lines.append(f"grants {kind}: n={n}   (ms: p50 / p90)")
-        for k, v in row.items():
-            lines.append(f"  {k:<34} {percentile(v, 0.5):7.3f} / {percentile(v, 0.9):7.3f}")
+    for kind in ("pub/sub", "in release reply"):
+        n = {
+            v: sum(len(r[kind].get("TOTAL t_rel -> lease in hand", [])) for r in rs)
+            for v, rs in runs.items()
+        }
+        lines.append(
+            f"grants {kind}: p50 ms, median of {len(runs['plain'])} rounds "
+            f"(n = {n['plain']} / {n['fast']})"
+        )
+        lines.append(f"  {'hop':<34} {'redis-py':>9} {'library':>9} {'lib/rp':>7}")
+        hops = [h for r in runs["fast"] for h in r[kind]]
+        for hop in dict.fromkeys(hops):
+            p50 = {}
+            for variant, rs in runs.items():
+                values = [percentile(r[kind][hop], 0.5) for r in rs if r[kind].get(hop)]
+                p50[variant] = statistics.median(values) if values else float("nan")
+            ratio = p50["fast"] / p50["plain"] if p50["plain"] else float("nan")
+            lines.append(f"  {hop:<34} {p50['plain']:9.3f} {p50['fast']:9.3f} {ratio:7.2f}")
     return lines
+
+
+def one_run(args: argparse.Namespace, variant: str) -> list[list[Any]]:
+    """The events of one run of every process, with `variant`'s send (fast or plain)."""
+    env = dict(os.environ)
+    env.pop("RCG_PLAIN_SEND", None)
+    if variant == "plain":
+        env["RCG_PLAIN_SEND"] = "1"
+    server = PrivateRedis()
+    try:
+        with tempfile.TemporaryDirectory(prefix="handoff-trace-") as tmp:
+            procs = []
+            for i in range(args.procs):
+                cmd = [sys.executable, "-m", "benchmarks.handoff_trace", "--child", str(i)]
+                cmd += ["--url", server.url, "--out", f"{tmp}/{i}.json"]
+                cmd += ["--seconds", str(args.seconds), "--hold-ms", str(args.hold_ms)]
+                cmd += ["--pause-ms", str(args.pause_ms), "--workers", str(args.workers)]
+                procs.append(
+                    subprocess.Popen(
+                        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+                    )
+                )
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            t0 = time.time() + 0.2
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write(f"go {t0}\n")
+                p.stdin.flush()
+            for p in procs:
+                p.wait()
+            return [
+                e
+                for i in range(args.procs)
+                for e in json.loads(Path(f"{tmp}/{i}.json").read_text())
+            ]
+    finally:
+        server.stop()
 
 
 def main() -> None:
@@ -263,42 +336,32 @@ def main() -> None:
     ap.add_argument("--url", default="")
     ap.add_argument("--key", default="trace")
     ap.add_argument("--out", default="")
+    ap.add_argument(
+        "--send",
+        choices=("fast", "plain", "both"),
+        default="fast",
+        help="the library's send (fast), redis-py's (plain), or both alternately",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="--send both: runs per variant")
     args = ap.parse_args()
     if args.child is not None:
         from benchmarks.coord_worker import run_on_loop
 
         run_on_loop(child(args))
         return
-    server = PrivateRedis()
-    try:
-        with tempfile.TemporaryDirectory(prefix="handoff-trace-") as tmp:
-            procs = []
-            for i in range(args.procs):
-                cmd = [sys.executable, "-m", "benchmarks.handoff_trace", "--child", str(i)]
-                cmd += ["--url", server.url, "--out", f"{tmp}/{i}.json"]
-                cmd += ["--seconds", str(args.seconds), "--hold-ms", str(args.hold_ms)]
-                cmd += ["--pause-ms", str(args.pause_ms), "--workers", str(args.workers)]
-                procs.append(
-                    subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                )
-            for p in procs:
-                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-            t0 = time.time() + 0.2
-            for p in procs:
-                assert p.stdin is not None
-                p.stdin.write(f"go {t0}\n")
-                p.stdin.flush()
-            for p in procs:
-                p.wait()
-            events = [
-                e
-                for i in range(args.procs)
-                for e in json.loads(Path(f"{tmp}/{i}.json").read_text())
-            ]
-        print(f"loop: {os.environ.get('BENCH_LOOP', 'uvloop')}; load average {os.getloadavg()}")
+    loop = os.environ.get("BENCH_LOOP", "uvloop")
+    if args.send != "both":
+        events = one_run(args, args.send)
+        print(f"loop: {loop}; send: {args.send}; load average {os.getloadavg()}")
         print("\n".join(analyse(events)))
-    finally:
-        server.stop()
+        return
+    runs: dict[str, list[dict[str, dict[str, list[float]]]]] = {"plain": [], "fast": []}
+    for r in range(args.rounds):
+        for variant in ("plain", "fast") if r % 2 == 0 else ("fast", "plain"):
+            print(f"round {r}: {variant} send ...", file=sys.stderr, flush=True)
+            runs[variant].append(hops_of(one_run(args, variant)))
+    print(f"loop: {loop}; redis-py's send against the library's; load average {os.getloadavg()}")
+    print("\n".join(side_by_side(runs)))
 
 
 if __name__ == "__main__":

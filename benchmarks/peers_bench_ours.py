@@ -17,8 +17,9 @@ RCG_LOOP=asyncio runs the stdlib event loop instead of uvloop (the service's loo
 This copy lives in the project (benchmarks/peers_bench_ours.py) and runs from there: benchlib is
 found beside it or on PEERS_DIR (default ~/peers, where the kit was copied). Changes from the
 kit's own adapter: the command client is `Coordinator.redis` since the API cleanup (the older
-`.client` still works); RCG_FAST_SEND=1 installs benchmarks/send_fast_path.py (a proposed
-connection change, measured side by side); RCG_PIN_S=S acquires pinned leases (a pinned grant
+`.client` still works); RCG_PLAIN_SEND=1 puts redis-py's own send_packed_command back on the
+library's connections (the "before" of benchmarks/send_fast_path.py, now in the library;
+RCG_FAST_SEND is the default and does nothing); RCG_PIN_S=S acquires pinned leases (a pinned grant
 costs one confirming renewal per handoff; unpinned, the default, costs none).
 """
 
@@ -32,13 +33,13 @@ PROJECT = os.environ.get("RCG_PROJECT", "")
 if PROJECT:
     sys.path.insert(0, PROJECT)
 sys.path.insert(0, os.environ.get("PEERS_DIR", os.path.expanduser("~/peers")))
-FAST_SEND = os.environ.get("RCG_FAST_SEND", "") == "1"
+PLAIN_SEND = os.environ.get("RCG_PLAIN_SEND", "") == "1"
 PIN_S = float(os.environ.get("RCG_PIN_S", "0"))
-if FAST_SEND:
+if PLAIN_SEND:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks import send_fast_path
 
-    send_fast_path.install()
+    send_fast_path.use_plain()
 
 import benchlib  # noqa: E402
 import redis  # noqa: E402
@@ -103,7 +104,7 @@ class OursSemaphore(benchlib.Impl):
             "loop": LOOP,
             "lease_ttl_s": LEASE_TTL_S,
             "client": f"redis-py {redis.__version__} asyncio ({parser} parser)",
-            "fast_send": FAST_SEND,
+            "fast_send": not PLAIN_SEND,
             "pin_s": PIN_S,
         }
 

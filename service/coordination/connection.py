@@ -6,6 +6,9 @@ always packs them in Python, one `encode` per argument. A script call has about 
 (seven keys, the script's ARGV, the SHA): packing it took 24 µs in Python and 2.3 µs with hiredis
 on the benchmark machine, on both sides of every handoff. The bytes are identical.
 
+`HiredisPackingConnection.send_packed_command` writes a command without the event-loop Task
+redis-py's asyncio client adds to every write (see its docstring).
+
 `BoundedConnectionPool` caps the connections one process opens, and makes a command that finds
 them all busy wait for one instead of failing (see its docstring).
 """
@@ -13,7 +16,7 @@ them all busy wait for one instead of failing (see its docstring).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypedDict
 
@@ -36,6 +39,7 @@ from redis.asyncio.sentinel import (
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .subscriber import ClusterSubscriptionSource, PoolSubscriptionSource, SubscriptionSource
 
@@ -68,6 +72,62 @@ class HiredisPackingConnection(Connection):
             return [hiredis.pack_command(args)]
         except TypeError as exc:
             raise DataError(str(exc)) from exc
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        """redis-py's `send_packed_command`, without the Task it adds to every write.
+
+        With a `socket_timeout` (the Coordinator's connections always have one), redis-py 8.1
+        writes inside `asyncio.wait_for(...)`, which on Python 3.11 runs the write in a new
+        Task: the bytes leave one event-loop iteration later and the caller resumes two
+        callbacks after that, ~0.1 ms on both sides of every handoff (benchmarks/README.md,
+        "Where a handoff's millisecond goes").
+
+        Here the bytes go to the transport at once (it sends them, or buffers what the socket
+        does not take), and `drain()` is awaited, under the same timeout, only when it could
+        do anything: when the transport holds unsent bytes (it may be above its high-water
+        mark: then drain waits) or is closing (then drain reports the error the connection
+        was lost with). Otherwise drain returns at once without raising, so skipping it
+        changes nothing but the cost. Every error path is redis-py's: a timeout is a redis
+        TimeoutError, an OSError a redis ConnectionError with redis-py's message, anything
+        else (a cancellation mid-drain) is re-raised; each disconnects first, so a connection
+        is never reused half-written. Not connected yet, or a health check possibly due:
+        redis-py's own method, unchanged. (tests/integration/test_send_fast_path.py; the
+        behaviour copied is pinned in tests/unit/test_private_contracts.py)
+        """
+        writer = self._writer
+        if not self.is_connected or writer is None or (check_health and self.health_check_interval):
+            await super().send_packed_command(command, check_health)
+            return
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            writer.writelines(command)
+            transport = writer.transport
+            if transport.get_write_buffer_size() or transport.is_closing():
+                if self.socket_timeout:
+                    async with asyncio.timeout(self.socket_timeout):
+                        await writer.drain()
+                else:
+                    await writer.drain()
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since Python 3.11
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as e:
+            await self.disconnect(nowait=True)
+            if len(e.args) == 1:
+                err_no, errmsg = "UNKNOWN", e.args[0]
+            else:
+                err_no = e.args[0]
+                errmsg = e.args[1]
+            raise RedisConnectionError(f"Error {err_no} while writing to socket. {errmsg}.") from e
+        except BaseException:
+            # As redis-py: a write cut short (a cancellation) leaves the connection unusable.
+            await self.disconnect(nowait=True)
+            raise
 
 
 class PoolExhausted(MaxConnectionsError):

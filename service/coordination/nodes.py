@@ -62,7 +62,7 @@ def node_tag(info: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class NodeState:
     tag: str
-    young_until: float  # monotonic; in the past when the node is not young
+    young_until: float  # monotonic; 0.0 when the node is not young
 
 
 class NodeWatch:
@@ -161,5 +161,8 @@ class NodeWatch:
         for name, young_ms in zip(names, noted.young_ms, strict=True):
             tag = found[name][0]
             self._seen.add(tag)
-            self.nodes[name] = NodeState(tag=tag, young_until=now + young_ms / 1000)
+            # Not young: 0.0, never `now`, which `now < young_until + ttl` (grace.py's
+            # GraceWatch._may_run) would take for a node young until a moment ago.
+            young_until = now + young_ms / 1000 if young_ms > 0 else 0.0
+            self.nodes[name] = NodeState(tag=tag, young_until=young_until)
         return noted, changed

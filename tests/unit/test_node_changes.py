@@ -180,3 +180,33 @@ def test_a_semaphore_gone_from_a_young_node_waits_out_what_is_left_of_its_youth(
     semaphores.all_suspected_until = 0.0
     nodes.nodes[ONE_NODE] = NodeState(tag="t" * 16, young_until=time.monotonic() - 1)
     assert semaphores.grace_ms_for(GLOBAL, "s") == 0
+
+
+async def test_a_node_that_is_not_young_has_no_youth_at_all() -> None:
+    """note_nodes says 0 ms for a node that is not young: its youth is 0.0, not "until the
+    refresh", which `monotonic() < loss_suspected_until + TTL` (GraceWatch) would read as a
+    suspicion for one more TTL after every refresh, that is always."""
+    client = aioredis.Redis()  # never connects here
+    calls = ScriptCalls(Scripts(client), KeySpace())
+    nodes = NodeWatch(client=client, calls=calls, lease_ttl_s=30)
+    semaphores = LeaseBook(keyspace=KeySpace(), lease_ttl_s=30, nodes=nodes)
+    young_ms = [0]
+
+    async def read() -> dict[str, tuple[str, int]]:
+        return {ONE_NODE: ("t" * 16, 10_000_000)}
+
+    async def note_nodes(**_: object) -> NodesNoted:
+        return NodesNoted(epoch="e", created=False, young_ms=tuple(young_ms))
+
+    nodes._read = read  # type: ignore[method-assign]
+    calls.note_nodes = note_nodes  # type: ignore[method-assign]
+    await nodes.refresh("tok")
+    assert nodes.nodes[ONE_NODE].young_until == 0.0
+    assert nodes.young_until_any == 0.0 and semaphores.loss_suspected_until == 0.0
+    assert time.monotonic() >= semaphores.loss_suspected_until + 30  # GraceWatch stays idle
+    assert semaphores.grace_ms_for(GLOBAL, "s") == 0
+    young_ms[0] = 1500  # a young node: until one TTL after it was first seen
+    before = time.monotonic()
+    await nodes.refresh("tok")
+    assert before + 1.5 <= nodes.nodes[ONE_NODE].young_until <= time.monotonic() + 1.5
+    assert 1000 < semaphores.grace_ms_for(GLOBAL, "s") <= 1500

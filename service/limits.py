@@ -447,7 +447,9 @@ class Limits:
 
 async def release(held: Held) -> None:
     """Release every lease at once (one round trip of latency), shielded from cancellation."""
-    if held.leases:
+    if len(held.leases) == 1:  # the usual case: its release is the task, no gathering
+        await shielded(held.leases[0].release(), what="releasing slots")
+    elif held.leases:
         await shielded(
             asyncio.gather(*(lease.release() for lease in held.leases)), what="releasing slots"
         )

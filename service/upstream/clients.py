@@ -9,7 +9,8 @@ account fingerprint two tokens could share.
   entry made on another loop (tests, a restarted loop) is dropped, never reused.
 - `base_url` is passed explicitly (the client would fall back to REPLICATE_BASE_URL), and an
   empty token is refused (the client would fall back to REPLICATE_API_TOKEN: another tenant's).
-- The pool is sized through `transport=`: the client ignores `limits=`.
+- The pool is sized through `transport=`: the client ignores `limits=`. Its check of idle
+  connections is made cheaper (service/upstream/sockets.py), with the same answers.
 - Eviction never closes a client under use: a lease pins it, and the last user closes it.
 """
 
@@ -29,6 +30,7 @@ from service.errors import Unauthorized, Unavailable
 from service.fingerprint import token_cache_key
 from service.upstream.deadline import add_cancel_after
 from service.upstream.exchange import record_response
+from service.upstream.sockets import cheaper_idle_checks
 
 logger = logging.getLogger("service.upstream")
 
@@ -151,7 +153,9 @@ class ClientCache:
         limits = httpx.Limits(
             max_connections=self._pool_size, max_keepalive_connections=self._pool_size
         )
-        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
+        pooled = httpx.AsyncHTTPTransport(limits=limits)
+        cheaper_idle_checks(pooled)  # the same check of idle connections, cheaper (sockets.py)
+        transport: httpx.AsyncBaseTransport = pooled
         if self._on_response is not None:
             transport = InstrumentedTransport(transport, self._on_response)
         client = Client(

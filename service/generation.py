@@ -104,7 +104,7 @@ class Generator:
 
     async def generate(self, caller: Caller, request: GenerateRequest) -> TaskOutcome:
         """One task; a failure raises (the route answers with its status)."""
-        await self._check_semaphore(request.external_semaphore_id)
+        await self.check_semaphore(request.external_semaphore_id)
         task = TaskRequest(0, request.prompt, request.output_filename, request.replicate_input)
         outcome = await self._run(caller, request.spec, task, request.external_semaphore_id)
         if outcome.error is not None:
@@ -114,7 +114,7 @@ class Generator:
     async def generate_batch(self, caller: Caller, request: BatchRequest) -> list[TaskOutcome]:
         """Every task runs concurrently under the limits; one task's failure never fails its
         siblings, and the outcomes come back in input order."""
-        await self._check_semaphore(request.external_semaphore_id)
+        await self.check_semaphore(request.external_semaphore_id)
         return list(
             await asyncio.gather(
                 *(
@@ -171,7 +171,9 @@ class Generator:
             task.index, task.prompt, task.output_filename, files=files, prediction_id=prediction_id
         )
 
-    async def _check_semaphore(self, semaphore_id: str | None) -> None:
+    async def check_semaphore(self, semaphore_id: str | None) -> None:
+        """NotFound if the named semaphore does not exist; a 503 (service_error) if Redis cannot
+        tell now."""
         if semaphore_id is None:
             return
         try:

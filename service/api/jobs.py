@@ -137,10 +137,7 @@ async def submit(request: Request, *, batch: bool | None) -> JSONResponse:
         one = parse_generate(body)
         task = TaskRequest(0, one.prompt, one.output_filename, one.replicate_input)
         spec = JobSpec(KIND_GENERATE, one.model_name, one.external_semaphore_id, [task])
-    if spec.semaphore_id is not None and not await found.coordinator.semaphore_exists(
-        spec.semaphore_id
-    ):
-        raise NotFound(f"External semaphore '{spec.semaphore_id}' not found")
+    await found.generator.check_semaphore(spec.semaphore_id)
     view, created = await jobs.submit(caller, spec, webhook=webhook, idempotency=idempotency)
     headers = {"Location": f"/jobs/{view['id']}"}
     if not created:

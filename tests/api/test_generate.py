@@ -557,6 +557,12 @@ async def test_redis_down_fails_closed_fast_and_recovers(
         assert health.json()["redis"] == {"reachable": False}
         semaphores = await api.get("/global-semaphores")
         assert semaphores.status_code == 503
+        # A job naming a semaphore: whether it exists cannot be told now (it was a 500).
+        job = await api.post(
+            "/jobs", json=flux(external_semaphore_id="image-generation-global"), headers=ADMIN
+        )
+        assert job.status_code == 503, job.text
+        assert "Redis" in job.json()["error"]
         assert simulator.token_stats(SERVER_TOKEN)["created"] == 1  # nothing bypassed a limit
 
         # Back, empty (like a crash): the coordinator sees the data loss and holds new

@@ -17,6 +17,7 @@ from .keys import GLOBAL, AttachedWindow, KeySpace, WindowName
 from .lease import Holder, Lease
 from .redis_errors import guarded
 from .registry import SemaphoreView
+from .scripts import LuaScript
 from .semaphore import Orphan
 from .subscriber import ChannelSubscription
 from .window import WINDOW_S, WindowResult, WindowState
@@ -36,6 +37,7 @@ __all__ = [
     "KeySpace",
     "Lease",
     "LeaseLost",
+    "LuaScript",
     "Orphan",
     "SemaphoreExists",
     "SemaphoreNotFound",

@@ -69,6 +69,7 @@ class Renewer:
         self._on_data_loss = on_data_loss
         self._task: asyncio.Task[None] | None = None
         self._soon_task: asyncio.Task[None] | None = None
+        self._epoch_check: asyncio.Task[None] | None = None
         self._soon: dict[str, Lease] = {}
         self._soon_due = math.inf
         self._soon_changed = asyncio.Event()
@@ -89,17 +90,25 @@ class Renewer:
         self._soon_task = asyncio.create_task(self._run_soon(), name="grant-renewer")
 
     async def close(self) -> None:
-        for task in (self._task, self._soon_task):
+        for task in (self._task, self._soon_task, self._epoch_check):
             if task is not None:
                 await stop_task(task)
-        self._task = self._soon_task = None
+        self._task = self._soon_task = self._epoch_check = None
 
     async def _run(self) -> None:
         while True:
             started = time.monotonic()
             try:
-                # Epoch first: after a data loss, this tick's renewals may re-create semaphores.
-                await self.check_epoch()
+                # Epoch first, when it answers promptly: after a data loss, this tick's renewals
+                # may re-create semaphores. One that takes longer (a node stopped or failing
+                # over: it reads every primary) goes on beside the renewals, which must not
+                # wait for it: each renewal's script checks its own node.
+                epoch = self._epoch_check
+                if epoch is None or epoch.done():
+                    if epoch is not None and (error := _failure(epoch)) is not None:
+                        log.warning("epoch check failed", extra={"error": type(error).__name__})
+                    epoch = self._epoch_check = asyncio.ensure_future(self.check_epoch())
+                    await asyncio.wait([epoch], timeout=min(1.0, self.interval_s / 2))
                 await self.renew_all()
                 delay = self.interval_s
             except asyncio.CancelledError:
@@ -271,3 +280,8 @@ class Renewer:
         for lease in outdated:
             with contextlib.suppress(CoordinationError):
                 await lease.annotate()
+
+
+def _failure(task: asyncio.Task[None]) -> BaseException | None:
+    """A finished task's exception (None if it succeeded or was cancelled)."""
+    return None if task.cancelled() else task.exception()

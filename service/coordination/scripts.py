@@ -1,15 +1,16 @@
-"""Loads redis_scripts/*.lua and calls them through redis-py's Script objects (EVALSHA, with a
-transparent reload after NOSCRIPT, e.g. after a Redis restart or SCRIPT FLUSH)."""
+"""Loads redis_scripts/*.lua and calls them by EVALSHA, with EVAL (which caches the script on
+that node) after NOSCRIPT: a first use, a Redis restart, a failover, SCRIPT FLUSH."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .connection import RedisClient
 
@@ -67,9 +68,26 @@ class Scripts:
     )
 
     def __init__(self, client: RedisClient) -> None:
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(script_source(name)) for name in self.NAMES
-        }
+        self._client = client
+        self._scripts = {name: LuaScript(script_source(name)) for name in self.NAMES}
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._scripts[name](keys=list(keys), args=list(args))
+        return await self._scripts[name](self._client, keys, args)
+
+
+class LuaScript:
+    """One Lua script, called by EVALSHA, and by EVAL after NOSCRIPT (not cached on the node
+    that serves these keys: a first use, a restart, a failover, SCRIPT FLUSH); EVAL caches it
+    there. Not redis-py's Script, whose reload is a SCRIPT LOAD that a Cluster client sends to
+    every primary: one stopped primary then failed a script's first use on all the others
+    (measured: every renewal on a healthy shard timed out while another shard was stopped)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)

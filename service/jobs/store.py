@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from service.coordination import CoordinationUnavailable, guarded
+from service.coordination import CoordinationUnavailable, LuaScript, guarded
 from service.coordination_errors import JOBS, unavailable
 from service.errors import ServiceError
 from service.jobs.models import JobSpec, TaskState, Webhook
@@ -146,9 +145,7 @@ class JobStore:
         self.retention_ms = int(retention_s * 1000)
         self.queue = f"{prefix}:{{jobs}}:queue"
         self.index = f"{prefix}:{{jobs}}:index"
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(_lua(name)) for name in SCRIPT_NAMES
-        }
+        self._scripts = {name: LuaScript(_lua(name)) for name in SCRIPT_NAMES}
 
     def keys(self, job_id: str) -> JobKeys:
         base = f"{self.prefix}:{{job:{job_id}}}"
@@ -160,7 +157,7 @@ class JobStore:
         return f"{self.prefix}:{{jobs}}:idem:{owner_digest[:32]}:{digest}"
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await _call(self._scripts[name](keys=list(keys), args=list(args)))
+        return await _call(self._scripts[name](self.client, keys, args))
 
     @staticmethod
     def events_max(task_count: int) -> int:

@@ -5,6 +5,7 @@ that pytest-xdist runs the failovers beside the rest)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -132,5 +133,37 @@ async def test_a_killed_cluster_primary_fails_closed_until_its_replica_takes_ove
         await held.release()
         await (await asyncio.wait_for(waiter, 10)).release()
         assert b.dispatcher.grants_received == grants + 1, "the grant came by message"
+    finally:
+        await deployment.close()
+
+
+async def test_a_stopped_shard_costs_no_lease_on_the_others(own_cluster: RedisClusterNodes) -> None:
+    """A primary that stops answering (SIGSTOP) fails the epoch check, which reads every
+    primary; the renewals of leases on the other shards go on (an outside attack measured a
+    lease given up on a healthy shard, and its job task failed). No failover here, and the
+    cluster keeps serving the slots it still can, so only the stopped shard is away."""
+    for node in own_cluster.nodes:
+        client = node.client()
+        try:
+            client.config_set("cluster-replica-no-failover", "yes")
+            client.config_set("cluster-require-full-coverage", "no")
+        finally:
+            client.close()
+    deployment = Deployment(CLUSTER, cluster_options(own_cluster))
+    try:
+        a = await deployment.coordinator(replica_id="a", lease_ttl_s=LEASE_TTL_S)
+        await a.registry.create("steady", 1)
+        lease = await a.acquire("steady", timeout_s=5)
+        home = own_cluster.node_for_key(a.keyspace.semaphore("steady").meta)
+        other = next(n for n in own_cluster.primary_nodes() if n.port != home.port)
+        assert other.process is not None
+        other.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(LEASE_TTL_S * 2)
+            assert not lease.lost.is_set(), lease.lost_reason
+            assert lease.is_valid()
+        finally:
+            other.process.send_signal(signal.SIGCONT)
+        await lease.release()
     finally:
         await deployment.close()

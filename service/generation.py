@@ -253,7 +253,10 @@ class Generator:
                         on_running=slots.annotate,
                         watch=watch,
                         keep_running=keep_running,
-                    )
+                    ),
+                    # A slot lost once the prediction ended (the job's record of it slowed by
+                    # Redis) costs nothing upstream: the result stands.
+                    ended=lambda: watch.ended,
                 )
             except CreateOutcomeUnknown:
                 slots.leave_running(create_unknown=True)  # running with an id we never learned

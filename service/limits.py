@@ -52,7 +52,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -227,15 +227,21 @@ class Slots:
             if not lease.is_valid():
                 raise LeaseLostError(lease)
 
-    async def guard(self, work: Coroutine[Any, Any, T]) -> T:
+    async def guard(
+        self, work: Coroutine[Any, Any, T], *, ended: Callable[[], bool] = lambda: False
+    ) -> T:
         """`work`'s result; cancelled (and awaited while it cancels its prediction upstream)
-        as soon as a lease is lost, which raises LeaseLostError."""
+        as soon as a lease is lost, which raises LeaseLostError — unless `ended()` says its
+        prediction was already seen terminal, under a lease still valid then: nothing runs
+        upstream any more, and what is left of the work (a durable job recording the id, the
+        result) goes on to its result."""
         run = asyncio.ensure_future(work)
         lost: list[Lease] = []
 
         def cancel_on_loss(lease: Lease) -> None:
             lost.append(lease)
-            run.cancel()
+            if not ended():
+                run.cancel()
 
         for lease in self.leases:
             lease.on_lost(cancel_on_loss)

@@ -16,7 +16,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -56,6 +56,12 @@ class RunWatch:
 
     prediction_id: str | None = None
     may_be_running: bool = False
+    _run: PredictionRun | None = field(default=None, repr=False)
+
+    @property
+    def ended(self) -> bool:
+        """While the run goes on: its prediction was seen terminal (nothing runs upstream)."""
+        return self._run is not None and self._run.terminal
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,8 @@ class Upstream:
                 on_running=on_running,
                 keep_running=keep_running,
             )
+            if watch is not None:
+                watch._run = run
             try:
                 return await run.execute()
             finally:

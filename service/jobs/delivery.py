@@ -37,6 +37,7 @@ import httpx
 import redis.asyncio as aioredis
 from standardwebhooks import Webhook as Signer
 
+from service.coordination import LuaScript
 from service.errors import ServiceError
 from service.jobs.store import _call, _text
 from service.jobs.webhooks import check_target
@@ -81,8 +82,8 @@ class WebhookSender:
         self._allow_private = allow_private
         self._retention_ms = retention_ms
         self.due = f"{prefix}:{{hooks}}:due"
-        self._claim = client.register_script(_lua("claim_deliveries"))
-        self._enqueue = client.register_script(_lua("enqueue_delivery"))
+        self._claim = LuaScript(_lua("claim_deliveries"))
+        self._enqueue = LuaScript(_lua("enqueue_delivery"))
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -119,8 +120,9 @@ class WebhookSender:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
         kept = await _call(
             self._enqueue(
-                keys=[self.record_key(delivery_id), self.due],
-                args=[url, body, job_id, event, self._retry_ms + 3_600_000, delivery_id],
+                self._client,
+                [self.record_key(delivery_id), self.due],
+                [url, body, job_id, event, self._retry_ms + 3_600_000, delivery_id],
             )
         )
         if int(kept) == 1:
@@ -158,7 +160,8 @@ class WebhookSender:
             await asyncio.sleep(POLL_S)
 
     async def _claim_due(self) -> list[tuple[str, dict[str, str]]]:
-        reply: Any = await _call(self._claim(keys=[self.due], args=[CLAIM_LEASE_MS, CLAIM_BATCH]))
+        claim = self._claim(self._client, [self.due], [CLAIM_LEASE_MS, CLAIM_BATCH])
+        reply: Any = await _call(claim)
         ids = [_text(i) for i in reply]
         if not ids:
             return []

@@ -213,7 +213,6 @@ class Coordinator:
         for lease in list(self.book.held.values()):
             await shielded(lease.release())
         await self.renewer.close()
-        await self.semaphores.close()
         await self.dispatcher.close()
         for subscription in list(self._subscriptions):
             await subscription.close()

@@ -23,6 +23,7 @@ if [[ $LINT == 1 ]]; then
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/mypy"
 fi
-# Four workers, one test file each at a time (module fixtures stay shared), the files with the
-# most slow tests first (tests/conftest.py); PYTEST_WORKERS=0 runs everything in this process.
-exec "$VENV/bin/pytest" -n "${PYTEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"
+# Six workers (the suite mostly waits on real processes and TTLs: 2 cores are enough), one test
+# file each at a time (module fixtures stay shared), the files with the most slow tests first
+# (tests/conftest.py); PYTEST_WORKERS=0 runs everything in this process.
+exec "$VENV/bin/pytest" -n "${PYTEST_WORKERS:-6}" --dist loadfile --no-loadscope-reorder "$@"

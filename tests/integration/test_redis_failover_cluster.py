@@ -6,27 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from service.coordination import (
-    AcquireTimeout,
-    CoordinationUnavailable,
-    Coordinator,
-)
 from service.coordination.subscriber import (
     ClusterSubscriptionSource,
     Subscription,
     SubscriptionLost,
 )
-from service.coordination_errors import unavailable as http_unavailable
 from tests.fixtures.redis_cluster import RedisClusterNodes
+from tests.integration.failover_outage import LEASE_TTL_S, assert_clear, ride_out
 from tests.integration.test_redis_modes import (
     CLUSTER,
-    FAILOVER_REASONS,
     Deployment,
     _reset_cluster,
     _started,
@@ -35,46 +27,6 @@ from tests.integration.test_redis_modes import (
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-# A failover opens one lease TTL of grace on the node (docs/redis-ha.md, per-node loss
-# detection): a short TTL keeps the wait for it short.
-LEASE_TTL_S = 3.0
-
-
-@dataclass
-class Outage:
-    """What callers saw while a failover lasted."""
-
-    reasons: list[str] = field(default_factory=list)
-    recovered_after_s: float | None = None
-
-
-async def ride_out(c: Coordinator, semaphore_id: str, timeout_s: float = 40.0) -> Outage:
-    """Acquire and release in a loop until it works again, collecting each failure."""
-    outage = Outage()
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        try:
-            lease = await c.acquire(semaphore_id, timeout_s=0.5)
-        except CoordinationUnavailable as exc:
-            outage.reasons.append(exc.reason)
-            response = http_unavailable(exc)
-            assert response.status_code == 503
-            assert exc.reason in str(response)
-            await asyncio.sleep(0.1)
-            continue
-        except AcquireTimeout:
-            continue  # a data-loss grace after the failover: admitting nothing is safe
-        await lease.release()
-        outage.recovered_after_s = time.monotonic() - began
-        return outage
-    raise AssertionError(f"never recovered; saw {sorted(set(outage.reasons))}")
-
-
-def assert_clear(outage: Outage) -> None:
-    assert outage.reasons, "the failover was never seen as unavailable"
-    unclear = [r for r in outage.reasons if not r.startswith(FAILOVER_REASONS)]
-    assert not unclear, f"unclear reasons: {sorted(set(unclear))}"
 
 
 @pytest.fixture
@@ -151,7 +103,12 @@ async def test_a_stopped_shard_costs_no_lease_on_the_others(own_cluster: RedisCl
             client.close()
     deployment = Deployment(CLUSTER, cluster_options(own_cluster))
     try:
-        a = await deployment.coordinator(replica_id="a", lease_ttl_s=LEASE_TTL_S)
+        # redis-py's cluster client re-reads the topology after a timeout, which may ask the
+        # stopped node first: a command elsewhere can wait up to two Redis timeouts
+        # (docs/redis-ha.md). Short ones keep that well inside the lease's 0.9 TTL.
+        a = await deployment.coordinator(
+            replica_id="a", lease_ttl_s=LEASE_TTL_S, redis_timeout_s=0.5
+        )
         await a.registry.create("steady", 1)
         lease = await a.acquire("steady", timeout_s=5)
         home = own_cluster.node_for_key(a.keyspace.semaphore("steady").meta)

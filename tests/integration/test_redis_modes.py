@@ -35,19 +35,6 @@ from tests.fixtures.redis_server import EPOCH_PREFIX, require_redis_binary
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 SINGLE, CLUSTER, SENTINEL = "single", "cluster", "sentinel"
-# What a failover may look like to a caller while it lasts: each a clear sentence.
-FAILOVER_REASONS = (
-    "Redis is unreachable",
-    "Redis did not answer in time",
-    "Redis Cluster is down",
-    "Redis Cluster kept redirecting",
-    "Redis Cluster has slots no node serves",
-    "Redis Cluster is unreachable",
-    "Redis Sentinel names no reachable primary",
-    "Redis primary was demoted by a failover",
-    "Redis is a read-only replica",
-    "Redis replica has lost its link to the primary",
-)
 
 
 @dataclass

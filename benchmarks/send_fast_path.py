@@ -29,13 +29,11 @@ transport kept unsent bytes or is closing: see its docstring.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from redis.asyncio.connection import AbstractConnection
@@ -73,11 +71,11 @@ def _p50(values: list[float]) -> float:
 
 
 async def compare(url: str, cycles: int, rounds: int) -> None:
+    from benchmarks.uncontended import timed_cycles
     from service.coordination import Coordinator
 
     c = await Coordinator.connect(url, replica_id="send-fast-path", lease_ttl_s=30.0)
     await c.registry.create("sfp", 4)
-    perf = time.perf_counter
     results: dict[str, dict[str, list[float]]] = {
         v: {"cycle": [], "pings": []} for v in ("plain", "fast")
     }
@@ -93,23 +91,7 @@ async def compare(url: str, cycles: int, rounds: int) -> None:
             line = [f"[{r}]"]
             for variant in order:
                 use(variant)
-                cycle, pings = [], []
-                for _ in range(cycles):
-                    t0 = perf()
-                    lease = await c.acquire("sfp", timeout_s=5)
-                    t1 = perf()
-                    await asyncio.sleep(0)
-                    t2 = perf()
-                    await lease.release()
-                    t3 = perf()
-                    await asyncio.sleep(0)
-                    t4 = perf()
-                    await c.redis.ping()
-                    await c.redis.ping()
-                    t5 = perf()
-                    await asyncio.sleep(0)
-                    cycle.append((t1 - t0 + t3 - t2) * 1e6)
-                    pings.append((t5 - t4) * 1e6)
+                cycle, _, pings = await timed_cycles(c, "sfp", cycles)
                 results[variant]["cycle"].append(_p50(cycle))
                 results[variant]["pings"].append(_p50(pings))
                 line.append(

@@ -21,15 +21,36 @@ from benchmarks.coordination import percentile
 from service.coordination import Coordinator
 
 
-def _redis(c):
-    # the command client: Coordinator.client before the API cleanup, .redis after it
-    return getattr(c, "client", None) or c.redis
+async def timed_cycles(
+    c: Coordinator, semaphore_id: str, cycles: int, *, pin_s: float = 0.0
+) -> tuple[list[float], list[float], list[float]]:
+    """µs per cycle: acquire + release (each timed alone, summed, as the peers kit does), the
+    acquire alone, and two PINGs on the Coordinator's own client right after."""
+    perf = time.perf_counter
+    cycle, acq, pings = [], [], []
+    for _ in range(cycles):
+        t0 = perf()
+        lease = await c.acquire(semaphore_id, timeout_s=5, pin_s=pin_s)
+        t1 = perf()
+        await asyncio.sleep(0)
+        t2 = perf()
+        await lease.release()
+        t3 = perf()
+        await asyncio.sleep(0)
+        t4 = perf()
+        await c.redis.ping()
+        await c.redis.ping()
+        t5 = perf()
+        await asyncio.sleep(0)
+        cycle.append((t1 - t0 + t3 - t2) * 1e6)
+        acq.append((t1 - t0) * 1e6)
+        pings.append((t5 - t4) * 1e6)
+    return cycle, acq, pings
 
 
 async def run(url: str, cycles: int, rounds: int, pin_s: float) -> None:
     c = await Coordinator.connect(url, replica_id="uncontended", lease_ttl_s=30.0)
     await c.registry.create("u", 4)
-    perf = time.perf_counter
     ratios = []
     try:
         for _ in range(200):  # warm-up
@@ -37,24 +58,7 @@ async def run(url: str, cycles: int, rounds: int, pin_s: float) -> None:
             await lease.release()
             await c.redis.ping()
         for r in range(rounds):
-            cycle, acq, pings = [], [], []
-            for _ in range(cycles):
-                t0 = perf()
-                lease = await c.acquire("u", timeout_s=5, pin_s=pin_s)
-                t1 = perf()
-                await asyncio.sleep(0)
-                t2 = perf()
-                await lease.release()
-                t3 = perf()
-                await asyncio.sleep(0)
-                t4 = perf()
-                await c.redis.ping()
-                await c.redis.ping()
-                t5 = perf()
-                await asyncio.sleep(0)
-                cycle.append((t1 - t0 + t3 - t2) * 1e6)
-                acq.append((t1 - t0) * 1e6)
-                pings.append((t5 - t4) * 1e6)
+            cycle, acq, pings = await timed_cycles(c, "u", cycles, pin_s=pin_s)
             a, p = percentile(cycle, 0.5), percentile(pings, 0.5)
             ratios.append(a / p)
             print(

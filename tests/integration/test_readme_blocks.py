@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from service.__main__ import READY_PREFIX
+from service.demo import DEFAULT_LATENCY_S
 from tests.fixtures.ports import free_port
 from tests.fixtures.procs import LineProcess
 
@@ -131,8 +132,14 @@ def _require_curl() -> None:
 def demo() -> Iterator[Demo]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-    # run.sh's demo, on a free loopback port; predictions a little quicker than its 2 s.
-    env |= {"FLASK_HOST": "127.0.0.1", "FLASK_PORT": str(port), "SIM_LATENCY_SECONDS": "0.5"}
+    # run.sh's demo, on a free loopback port, with its own 2 s predictions: the README's blocks
+    # run as a reader's would (with 0.5 s, "cancel another job while it runs" lost the race
+    # to the job's end on a loaded CI machine: 409).
+    env |= {
+        "FLASK_HOST": "127.0.0.1",
+        "FLASK_PORT": str(port),
+        "SIM_LATENCY_SECONDS": str(DEFAULT_LATENCY_S),
+    }
     process = LineProcess([sys.executable, "-m", "service"], env=env)
     try:
         process.wait_for(READY_PREFIX, timeout=60)

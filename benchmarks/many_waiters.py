@@ -8,7 +8,11 @@ time). The open-files limit is raised to its hard limit in every process. Prints
 errors (failed acquires or releases), acquisitions/s, utilization, handoff gap p50/p99 (as the
 peers kit: t_acq - latest t_rel before it, for acquisitions that found the semaphore full),
 memory per waiting caller per process (RSS with all callers waiting - RSS before they started,
-/ callers), Redis commands and CPU per acquisition (INFO deltas).
+/ callers), Redis commands and CPU per acquisition (INFO deltas): over the whole run, tail
+included (the waiters still queued at the end drain after the window, which at 5,000 waiters
+takes longer than the window itself: their acquisitions are not counted, their calls are), and
+in the steady window (from --warmup-s after the start, once every caller has joined, to the end
+of the window, over the acquisitions in that window).
 """
 
 from __future__ import annotations
@@ -132,6 +136,11 @@ def run_one(
         assert p.stdin is not None
         p.stdin.write(f"go {t0}\n")
         p.stdin.flush()
+    t_steady = t0 + args.warmup_s
+    time.sleep(max(0.0, t_steady - time.time()))
+    steady0 = server.client.info()
+    time.sleep(max(0.0, t0 + args.seconds - time.time()))
+    steady1 = server.client.info()
     for p in procs:
         p.wait()
     info1 = server.client.info()
@@ -158,6 +167,7 @@ def run_one(
         if full and k >= 0:
             gaps.append((r[1] - rels[k]) * 1000)
     n_acq = max(1, len(acquired))
+    n_steady = max(1, sum(1 for r in acquired if r[1] >= t_steady))
     cpu = lambda info: info["used_cpu_sys"] + info["used_cpu_user"]  # noqa: E731
     per_waiter = [(p["rss_full_kb"] - p["rss_before_kb"]) / max(1, p["callers"]) for p in parts]
     return {
@@ -173,6 +183,11 @@ def run_one(
         )
         / n_acq,
         "redis_cpu_us_per_acq": (cpu(info1) - cpu(info0)) * 1e6 / n_acq,
+        "steady_cmds_per_acq": (
+            steady1["total_commands_processed"] - steady0["total_commands_processed"]
+        )
+        / n_steady,
+        "steady_cpu_us_per_acq": (cpu(steady1) - cpu(steady0)) * 1e6 / n_steady,
         "client_cpu_s": sum(p["cpu_s"] for p in parts),
     }
 
@@ -182,6 +197,7 @@ def main() -> None:
     ap.add_argument("--waiters", type=int, nargs="+", default=[50, 500, 5000])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--hold-ms", type=float, default=50.0)
+    ap.add_argument("--warmup-s", type=float, default=2.0, help="steady window starts after")
     ap.add_argument("--child", type=int, default=None)
     ap.add_argument("--url", default="")
     ap.add_argument("--key", default="")
@@ -197,9 +213,10 @@ def main() -> None:
     server = PrivateRedis()
     print(
         "| waiters | errors | acq/s | utilization | handoff p50 / p99 ms | KB per waiter (max of "
-        "3 procs) | Redis cmds / acq | Redis CPU µs / acq | client CPU s |"
+        "3 procs) | Redis cmds / acq | Redis CPU µs / acq | steady: Redis cmds / acq | steady: "
+        "Redis CPU µs / acq | client CPU s |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
         with tempfile.TemporaryDirectory(prefix="many-waiters-") as tmp:
             for n in args.waiters:
@@ -208,6 +225,7 @@ def main() -> None:
                     f"| {n} | {m['errors']} | {m['acq_per_s']:.1f} | {m['utilization']:.3f} | "
                     f"{m['handoff_p50']:.2f} / {m['handoff_p99']:.2f} | {m['kb_per_waiter']:.1f} | "
                     f"{m['redis_cmds_per_acq']:.1f} | {m['redis_cpu_us_per_acq']:.0f} | "
+                    f"{m['steady_cmds_per_acq']:.1f} | {m['steady_cpu_us_per_acq']:.0f} | "
                     f"{m['client_cpu_s']:.1f} |",
                     flush=True,
                 )

@@ -213,6 +213,7 @@ class Coordinator:
         for lease in list(self.book.held.values()):
             await shielded(lease.release())
         await self.renewer.close()
+        await self.semaphores.close()
         await self.dispatcher.close()
         for subscription in list(self._subscriptions):
             await subscription.close()

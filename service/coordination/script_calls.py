@@ -77,6 +77,19 @@ class WindowAsk:
     window_ms: int
 
 
+@dataclass(frozen=True)
+class KeptWaiting:
+    """keep_waiting: one process's waiters of a semaphore kept in its queue."""
+
+    retry_hint_ms: int  # call again within this (a lease that expires sends no message)
+    orphans: int  # orphaned leases waiting for a replica to adopt them
+    # The grants this call made to the caller's own waiters, returned instead of published ('' if
+    # none). See WakeDispatcher.handle.
+    local_grants: str
+    # The ids given that are no longer queued (granted, dropped or released): they poll now.
+    gone: tuple[str, ...]
+
+
 class ReleaseOutcome(IntEnum):
     NOTHING = 0  # unknown, expired or already released: nothing changed
     SLOT = 1  # a live slot was released
@@ -275,6 +288,33 @@ class ScriptCalls:
                 orphans=orphans,
             )
         return Missing()
+
+    async def keep_waiting(
+        self,
+        semaphore_id: str,
+        kind: str = GLOBAL,
+        *,
+        waiter_ids: Sequence[str],
+        queue_ttl_ms: int,
+        local_token: str,
+        keys_ttl_ms: int = 0,
+    ) -> KeptWaiting:
+        """Keep the queue entries of this process's `waiter_ids` alive for `queue_ttl_ms` more,
+        in one call, and grant slots freed by expiry to the queue heads, as a poll by
+        acquire_slot would (keep_waiting.lua). Grants to this process's waiters (`local_token`)
+        come back in the reply; the ids no longer queued are named, and how many orphans wait."""
+        keys = self._keys(semaphore_id, kind)
+        reply = await self._scripts.call(
+            "keep_waiting",
+            keys.all,
+            [queue_ttl_ms, keys.channel, local_token, keys_ttl_ms, *waiter_ids],
+        )
+        return KeptWaiting(
+            retry_hint_ms=int(reply[0]),
+            orphans=int(reply[1]),
+            local_grants=text(reply[2]),
+            gone=tuple(text(waiter_id) for waiter_id in reply[3:]),
+        )
 
     async def release_slot(
         self,

@@ -54,6 +54,7 @@ class Scripts:
 
     NAMES = (
         "acquire_slot",
+        "keep_waiting",
         "release_slot",
         "renew_leases",
         "annotate_lease",

@@ -10,8 +10,10 @@ timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (Redis time):
 
     t=0.000  A: acquire_slot  → free=1, queue empty  → A holds L1 until t=30
     t=0.100  B: acquire_slot(L2) → free=0            → B queued at position 1; its entry expires
-                                                       at t=10.1 unless B re-checks, which it
-                                                       does by t≈3.4 (queue TTL/3) → t=13.4
+                                                       at t=10.1 unless kept: B's process's
+                                                       keeper calls keep_waiting for all its
+                                                       waiters of the semaphore by t≈3.4 (queue
+                                                       TTL/3) → t=13.4; B itself waits
     t=0.150  C: acquire_slot  → free=0               → C queued at position 2
     t=5.000  A: release_slot(L1) → free=1 → granted to the head: B leaves the queue and holds L2
              until t=13.4 (its entry's expiry, sooner than t+30); publishes
@@ -24,23 +26,30 @@ timeline, limit 1, lease TTL 30 s, queue entry TTL 10 s (Redis time):
     t=5.002  D arrives: queue [C] not shorter than free=0 → queued behind C (no barging)
 
     If B's process had died at t=4, nobody renews L2: it lapses at t=13.4, exactly when B's
-    queue entry would have, and C's poll, which never sleeps past the nearest lease expiry,
-    takes the slot then. (Had B asked for a pinned lease, L2 would be pinned only once B
-    confirmed it, by a renewal at t=5.001 before anything uses it: a grant nobody confirmed
-    guards no work, so it is freed at its lapse, never orphaned. See _complete_grant.) If the
-    message to B is lost, B's next poll (at t≈6.8) finds the slot "already held" by L2 and
-    extends it to a full TTL (pinned if B asked for a pin, as any admission). If A's replica
-    had died instead, nobody releases: L1 expires at t=30, and B's poll purges it and takes the
-    slot at t≈30.
+    queue entry would have, and the keeper of C's process, whose call never waits past the
+    nearest lease expiry, purges it then and grants the slot to C (as a poll of C would).
+    (Had B asked for a pinned lease, L2 would be pinned only once B confirmed it, by a renewal
+    at t=5.001 before anything uses it: a grant nobody confirmed guards no work, so it is freed
+    at its lapse, never orphaned. See _complete_grant.) If the message to B is lost, the next
+    keep_waiting call of B's process (at t≈6.8) reports B no longer queued; B polls, finds the
+    slot "already held" by L2 and extends it to a full TTL (pinned if B asked for a pin, as any
+    admission). If A's replica had died instead, nobody releases: L1 expires at t=30, and the
+    keeper call of B's process at t≈30 purges it and grants the slot to B (in its reply, for
+    B's process).
 
 So no waiter relies on a message: pub/sub can lose one (a dropped connection, a restart: after
 a reconnect every local waiter re-checks once), a release reply can be lost (then every waiter
 of the releasing process re-checks at once), and a lease that expires sends none. Every wait is
-also bounded by a poll that never sleeps past the nearest lease expiry or the end of a grace.
+also bounded by a call that never sleeps past the nearest lease expiry or the end of a grace: the
+keeper's (Semaphores._keep_waiting: one per process and semaphore with waiters, so N waiters
+cost Redis one call per interval, not N), or, when the keeper's call fails, each waiter's own
+poll, as the keeper wakes them all.
 Any script that frees slots grants them the same way: release_slot (also an operator's
 force-release), acquire_slot when it purged expired holders or raised an account's limit,
-set_limit and create_semaphore ("ensure") when they raise a limit. A delete publishes the
-waiters' ids on the wake channel itself: each re-checks and learns the semaphore is gone.
+keep_waiting when it purged expired holders or a grace ended, set_limit and create_semaphore
+("ensure") when they raise a limit. A delete publishes the waiters' ids on the wake channel
+itself: each re-checks and learns the semaphore is gone (a keeper's next call also reports
+them all gone).
 
 Every acquire has a random lease id chosen before the first call, so a cancelled or failed
 acquire can always clean up after itself (release_slot removes the id from holders and queue,
@@ -53,12 +62,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from service.aio import shielded
+from service.aio import Background, shielded
 
 from .book import LeaseBook
 from .book import LeaseListener as LeaseListener  # re-exported
@@ -70,7 +81,9 @@ from .renewal import Renewer
 from .script_calls import Admitted, Missing, ReleaseOutcome, ScriptCalls
 from .script_calls import WindowAsk as WindowAsk  # AcquireOptions.window; re-exported
 from .scripts import Scripts
-from .wake import WakeDispatcher
+from .wake import Wake, WakeDispatcher
+
+log = logging.getLogger("service.coordination.semaphore")
 
 
 @dataclass(frozen=True)
@@ -103,9 +116,29 @@ class Orphan:
     orphaned_for_s: float
 
 
+@dataclass(eq=False)
+class _Keeper:
+    """This process's waiters of one semaphore, kept in its queue by one background task
+    (Semaphores._keep_waiting) with one keep_waiting call per interval for all of them."""
+
+    waiters: dict[str, Wake] = field(default_factory=dict)  # waiter id -> its wake-up
+    keys_ttl_ms: int = 0
+    due: float = 0.0  # monotonic time of the next call
+    changed: Wake = field(default_factory=Wake)  # a waiter came with an earlier due, or left
+
+
 class Semaphores:
     """Acquires, adopts and releases slots; enters what it holds in the `book` it shares with
-    the `renewer`, which brings a slot granted by a release to a full TTL."""
+    the `renewer`, which brings a slot granted by a release to a full TTL.
+
+    Waiting: a waiter polls acquire_slot when it starts, when it is woken (a grant or wake
+    message, a reconnect, a lost release reply) and when its keeper says it is no longer queued;
+    in between, its queue entry is kept alive by its process's keeper of that semaphore: one
+    task per (kind, semaphore) with waiters here, started by the first, ending with the last,
+    which calls keep_waiting for all of them at the hint (queue TTL / 3, or the nearest lease
+    expiry or grace end, when that call grants the freed slots to the heads as a poll would).
+    So Redis sees one call per process and semaphore per interval, not one per waiter. A
+    keeper whose call fails logs it and wakes its waiters, which poll on their own meanwhile."""
 
     def __init__(
         self,
@@ -125,6 +158,10 @@ class Semaphores:
         self._queue_entry_ttl_ms = int(queue_entry_ttl_s * 1000)
         self._book = book
         self._renewer = renewer
+        self._keepers: dict[tuple[str, str], _Keeper] = {}
+        self._keeper_tasks = Background("semaphore-keepers")
+        self.keepalive_calls = 0  # keep_waiting calls made (answered or not)
+        self.keepalive_failures = 0
 
     @property
     def lease_ttl_s(self) -> float:
@@ -158,6 +195,7 @@ class Semaphores:
         holder_json = stamped.to_json(acquired_at=False)
         window_entry_id = secrets.token_hex(8)
         acquired = False
+        kept = False  # queued, and kept in the queue by this process's keeper
 
         def lease_of(expires_at_ms: int, epoch: str, limit: int, valid_s: float | None) -> Lease:
             return Lease(
@@ -252,7 +290,19 @@ class Semaphores:
                         retry_after_s=max(1.0, reply.retry_hint_ms / 1000),
                         position=reply.position,
                     )
-                await wake.wait(min(reply.retry_hint_ms / 1000, remaining))
+                if reply.position > 0:
+                    # Queued: the keeper keeps the entry alive (and grants what expiry frees);
+                    # this waiter waits for a wake-up, which may be the keeper's.
+                    self._keep(
+                        options.kind,
+                        semaphore_id,
+                        lease_id,
+                        wake,
+                        hint_s=reply.retry_hint_ms / 1000,
+                        keys_ttl_ms=options.keys_ttl_ms,
+                    )
+                    kept = True
+                await wake.wait(remaining if kept else min(reply.retry_hint_ms / 1000, remaining))
                 # Should the semaphore vanish meanwhile, the next attempt re-creates it with
                 # the grace known now (the node's tag may have changed since).
                 grace_ms = self._book.grace_ms_for(options.kind, semaphore_id)
@@ -265,7 +315,103 @@ class Semaphores:
                 await shielded(self._release_id(semaphore_id, options.kind, lease_id, counter))
             raise
         finally:
+            if kept:
+                self._unkeep(options.kind, semaphore_id, lease_id)
             self._dispatcher.unregister(lease_id)
+
+    def _keep(
+        self,
+        kind: str,
+        semaphore_id: str,
+        waiter_id: str,
+        wake: Wake,
+        *,
+        hint_s: float,
+        keys_ttl_ms: int,
+    ) -> None:
+        """Have this process's keeper of the semaphore keep `waiter_id` queued, calling no later
+        than `hint_s` from now (the hint of the waiter's last poll); start the keeper if none."""
+        key = (kind, semaphore_id)
+        keeper = self._keepers.get(key)
+        due = time.monotonic() + hint_s
+        if keeper is None:
+            keeper = self._keepers[key] = _Keeper(due=due)
+            self._keeper_tasks.spawn(self._keep_waiting(kind, semaphore_id, keeper))
+        keeper.waiters[waiter_id] = wake
+        keeper.keys_ttl_ms = max(keeper.keys_ttl_ms, keys_ttl_ms)
+        if due < keeper.due:
+            keeper.due = due
+            keeper.changed.set()
+
+    def _unkeep(self, kind: str, semaphore_id: str, waiter_id: str) -> None:
+        keeper = self._keepers.get((kind, semaphore_id))
+        if keeper is None:
+            return
+        keeper.waiters.pop(waiter_id, None)
+        if not keeper.waiters:
+            keeper.changed.set()  # the last one left: the keeper ends now
+
+    async def _keep_waiting(self, kind: str, semaphore_id: str, keeper: _Keeper) -> None:
+        """The keeper's task: keep_waiting for all its waiters at the hint, until none is left.
+        Grants it made to them are handed to the dispatcher; the ids no longer queued (granted,
+        dropped) are woken to poll. A failed call is logged and its waiters poll on their own
+        (a Redis that is down fails their acquires, as their own polls would have)."""
+        fallback_s = self._queue_entry_ttl_ms / 3000
+        try:
+            while keeper.waiters:
+                delay = keeper.due - time.monotonic()
+                if delay > 0:
+                    keeper.changed.clear()
+                    await keeper.changed.wait(delay)
+                    continue
+                ids = list(keeper.waiters)
+                started = time.monotonic()
+                keeper.due = started + fallback_s  # a waiter may bring it forward meanwhile
+                self.keepalive_calls += 1
+                try:
+                    reply = await guarded(
+                        self._calls.keep_waiting(
+                            semaphore_id,
+                            kind,
+                            waiter_ids=ids,
+                            queue_ttl_ms=self._queue_entry_ttl_ms,
+                            local_token=self._dispatcher.token,
+                            keys_ttl_ms=keeper.keys_ttl_ms,
+                        )
+                    )
+                except Exception as exc:
+                    self.keepalive_failures += 1
+                    log.warning(
+                        "keeping waiters queued failed; they poll on their own",
+                        extra={
+                            "semaphore": semaphore_id,
+                            "kind": kind,
+                            "waiters": len(ids),
+                            "error": f"{type(exc).__name__}: {exc}",
+                        },
+                    )
+                    self._wake(keeper, ids)
+                    continue
+                keeper.due = min(keeper.due, started + reply.retry_hint_ms / 1000)
+                if reply.orphans > 0:
+                    # As an acquire's poll would: orphans wait for a replica to adopt them (the
+                    # slot a waiter here waits for may be one).
+                    self._book.orphans_seen(kind, semaphore_id)
+                if reply.local_grants:
+                    self._dispatcher.handle(reply.local_grants, local=True)
+                self._wake(keeper, reply.gone)
+        finally:
+            if self._keepers.get((kind, semaphore_id)) is keeper:
+                del self._keepers[(kind, semaphore_id)]
+            # Stopped with waiters left (cancelled, or a bug): they poll, and start a new one.
+            self._wake(keeper, list(keeper.waiters))
+
+    @staticmethod
+    def _wake(keeper: _Keeper, ids: Sequence[str]) -> None:
+        for waiter_id in ids:
+            wake = keeper.waiters.get(waiter_id)
+            if wake is not None:
+                wake.set()
 
     def _admitted(self, lease: Lease, started: float) -> Lease:
         self._book.acquired(lease, time.monotonic() - started)
@@ -299,6 +445,10 @@ class Semaphores:
             return True
         await self._renewer.renew_now(lease)
         return not lease.lost.is_set()
+
+    async def close(self) -> None:
+        """Stop the keepers (each wakes its waiters as it stops: they poll on their own)."""
+        await self._keeper_tasks.close()
 
     async def adopt(self, semaphore_id: str, kind: str, count: int) -> list[Orphan]:
         """Claim up to `count` orphans of a semaphore (adopt_orphans.lua): each becomes a lease

@@ -184,8 +184,11 @@ async def test_cancellation_at_random_points_leaves_no_holder_or_waiter(
         # A cancelled acquire never hands back a lease (redis-py can swallow a cancel on 3.11).
         assert all(task.cancelled() for task in cancelled)
     keys = c.keyspace.semaphore("cancel")
-    assert await redis_client.zcard(keys.holders) == 0
-    assert await redis_client.zcard(keys.queue) == 0
+    holders = await redis_client.zrange(keys.holders, 0, -1, withscores=True)
+    queue = await redis_client.zrange(keys.queue, 0, -1)
+    # What a failure needs to be diagnosed: whose slot or place was left, and the counters.
+    left = (holders, queue, await redis_client.hgetall(keys.info))
+    assert holders == [] and queue == [], (left, await redis_client.hgetall(keys.stats))
     assert c.book.held == {}
     await c.close()
 

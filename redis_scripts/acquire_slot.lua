@@ -127,6 +127,9 @@ if #nearest == 2 then
 end
 local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
 if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
+-- A slot free but not ours: dead heads ahead stopped grant_heads at its cap (each call drops a
+-- batch of them). Ask again at once.
+if free > 0 then hint = 1 end
 
 local orphans = redis.call('ZCARD', ORPHANS)
 if not queue then

@@ -16,12 +16,13 @@ local keys_ttl = tonumber(ARGV[4])   -- TTL (ms) of the semaphore's keys; 0 keep
 -- ARGV[5], ...: waiter ids of the caller's process
 -- Returns {retry_hint_ms, orphans, message, gone id, ...}: the longest the caller may wait
 -- before it calls again (as acquire_slot's hint: queue_ttl / 3, or sooner the nearest lease
--- expiry or the end of a grace, which send no message); how many orphaned leases wait for a
--- replica to adopt them (as acquire_slot reports it: a purge here may have made some); the grants to the caller's process (grant_heads' kept
--- message, '' if none); and the given ids no longer queued, granted (by this call or earlier) or
--- dropped (their entry expired, or released): their waiters must poll acquire_slot now. An entry
--- already expired is not revived (the waiter joins again at the tail when it polls). If the
--- semaphore does not exist, every id given is gone.
+-- expiry or the end of a grace, which send no message; 1 when a slot is still free behind dead
+-- heads this call could not all drop); how many orphaned leases wait for a replica to adopt them
+-- (as acquire_slot reports it: a purge here may have made some); the grants to the caller's
+-- process (grant_heads' kept message, '' if none); and the given ids no longer queued: granted
+-- (by this call or earlier), dropped or released, or expired (not refreshed here, whether or not
+-- a purge removed them yet): their waiters must poll acquire_slot now. An entry already expired
+-- is never revived here. If the semaphore does not exist, every id given is gone.
 local now = now_ms()
 local first = 5
 local hint = math.floor(queue_ttl / 3)
@@ -68,11 +69,16 @@ end
 
 -- Slots freed by expiry (or a grace that ended) go to the heads, as at any acquire_slot poll.
 local _, message = grant_heads(now, channel, nil, local_token)
+-- A slot still free with waiters queued: dead heads (a process that died with many waiters)
+-- stopped grant_heads at its cap before it reached a live one. Each call drops a batch of them:
+-- call again at once rather than at the hint.
+local dead_ahead = redis.call('ZCARD', QUEUE) > 0 and free_slots(now) > 0
 
 local reply = {hint, redis.call('ZCARD', ORPHANS), message}
 each_chunk(function(ids, scores)
   for i, id in ipairs(ids) do
-    if not scores[i] then reply[#reply + 1] = id end
+    -- Gone: granted, dropped or released; or expired, not yet purged (never refreshed here).
+    if not scores[i] or tonumber(scores[i]) <= now then reply[#reply + 1] = id end
   end
 end)
 
@@ -83,5 +89,6 @@ if #nearest == 2 then
 end
 local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
 if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
+if dead_ahead then hint = 1 end
 reply[1] = hint
 return reply

@@ -209,11 +209,12 @@ class Coordinator:
         await self.dispatcher.start()
 
     async def close(self) -> None:
-        """Release every lease this process holds, then stop the background tasks."""
+        """Fail the acquires still waiting, release every lease this process holds, then stop
+        the background tasks."""
+        await self.semaphores.close()
         for lease in list(self.book.held.values()):
             await shielded(lease.release())
         await self.renewer.close()
-        await self.semaphores.close()
         await self.dispatcher.close()
         for subscription in list(self._subscriptions):
             await subscription.close()

@@ -81,9 +81,21 @@ from .renewal import Renewer
 from .script_calls import Admitted, Missing, ReleaseOutcome, ScriptCalls
 from .script_calls import WindowAsk as WindowAsk  # AcquireOptions.window; re-exported
 from .scripts import Scripts
-from .wake import Wake, WakeDispatcher
+from .wake import Grant, Wake, WakeDispatcher
 
 log = logging.getLogger("service.coordination.semaphore")
+
+CLOSING = "this process is shutting down its coordination (Coordinator.close)"
+CLOSE_WAIT_S = 10.0  # longest close() waits for the failing acquires to clean up
+# A grant read later than this share of its validity after Redis made it (by this host's clock
+# against Redis TIME) is confirmed by a renewal before it is handed over. Half of the 10 % margin
+# Lease.is_valid keeps; the other half covers clock skew between this host and Redis.
+GRANT_LATE_SHARE = 0.05
+
+
+def grant_is_late(grant: Grant, now_s: float) -> bool:
+    """Whether a grant was read too late to trust its validity without asking Redis."""
+    return now_s - grant.granted_at_ms / 1000 > grant.valid_s * GRANT_LATE_SHARE
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,12 @@ class Semaphores:
         self._keeper_tasks = Background("semaphore-keepers")
         self.keepalive_calls = 0  # keep_waiting calls made (answered or not)
         self.keepalive_failures = 0
+        # Once closing, no acquire starts, a waiting one fails (close wakes it), and no keeper
+        # starts: nothing this process no longer renews can be handed out after close().
+        self._closing = False
+        self._acquiring = 0
+        self._none_acquiring = asyncio.Event()
+        self._none_acquiring.set()
 
     @property
     def lease_ttl_s(self) -> float:
@@ -183,6 +201,20 @@ class Semaphores:
 
     async def acquire(
         self, semaphore_id: str, options: AcquireOptions, holder: Holder | None = None
+    ) -> Lease:
+        if self._closing:
+            raise CoordinationUnavailable(CLOSING)
+        self._acquiring += 1
+        self._none_acquiring.clear()
+        try:
+            return await self._acquire(semaphore_id, options, holder)
+        finally:
+            self._acquiring -= 1
+            if self._acquiring == 0:
+                self._none_acquiring.set()
+
+    async def _acquire(
+        self, semaphore_id: str, options: AcquireOptions, holder: Holder | None
     ) -> Lease:
         stamped: Holder = holder or Holder(replica=self._replica_id)
         lease_id = self._dispatcher.new_waiter_id()
@@ -219,6 +251,8 @@ class Semaphores:
         try:
             grace_ms = await self._first_use_grace(options.kind, semaphore_id)
             while True:
+                if self._closing:  # woken by close(): a grant that came meanwhile goes back
+                    raise CoordinationUnavailable(CLOSING)
                 grant = self._dispatcher.take_grant(lease_id)
                 if grant is not None:
                     # A cancellation may have come with the wake-up; no Redis call follows
@@ -231,8 +265,12 @@ class Semaphores:
                     stamped = dataclasses.replace(stamped, acquired_at=grant.granted_at_ms / 1000)
                     # Built now that this process learned of the grant: its pin counts from here.
                     lease = lease_of(grant.expires_at_ms, grant.epoch, grant.limit, grant.valid_s)
-                    # A pinned grant is confirmed (and pinned) before it is handed over.
-                    if await self._complete_grant(lease, confirm=options.pin_ms > 0):
+                    # A pinned grant is confirmed (and pinned) before it is handed over; so is
+                    # one read late (this process was frozen, or its loop stalled, after Redis
+                    # made it): its lapse may have freed it for another holder meanwhile, and
+                    # the lease's local clock starts only now (Lease.is_valid).
+                    late = grant_is_late(grant, time.time())
+                    if await self._complete_grant(lease, confirm=options.pin_ms > 0 or late):
                         acquired = True
                         return self._admitted(lease, started)
                     continue  # lost before it could be renewed: ask again
@@ -293,15 +331,17 @@ class Semaphores:
                 if reply.position > 0:
                     # Queued: the keeper keeps the entry alive (and grants what expiry frees);
                     # this waiter waits for a wake-up, which may be the keeper's.
-                    self._keep(
-                        options.kind,
-                        semaphore_id,
-                        lease_id,
-                        wake,
-                        hint_s=reply.retry_hint_ms / 1000,
-                        keys_ttl_ms=options.keys_ttl_ms,
+                    kept = (
+                        self._keep(
+                            options.kind,
+                            semaphore_id,
+                            lease_id,
+                            wake,
+                            hint_s=reply.retry_hint_ms / 1000,
+                            keys_ttl_ms=options.keys_ttl_ms,
+                        )
+                        or kept
                     )
-                    kept = True
                 await wake.wait(remaining if kept else min(reply.retry_hint_ms / 1000, remaining))
                 # Should the semaphore vanish meanwhile, the next attempt re-creates it with
                 # the grace known now (the node's tag may have changed since).
@@ -328,9 +368,12 @@ class Semaphores:
         *,
         hint_s: float,
         keys_ttl_ms: int,
-    ) -> None:
+    ) -> bool:
         """Have this process's keeper of the semaphore keep `waiter_id` queued, calling no later
-        than `hint_s` from now (the hint of the waiter's last poll); start the keeper if none."""
+        than `hint_s` from now (the hint of the waiter's last poll); start the keeper if none.
+        False once closing (the waiter is woken and fails)."""
+        if self._closing:
+            return False
         key = (kind, semaphore_id)
         keeper = self._keepers.get(key)
         due = time.monotonic() + hint_s
@@ -342,6 +385,7 @@ class Semaphores:
         if due < keeper.due:
             keeper.due = due
             keeper.changed.set()
+        return True
 
     def _unkeep(self, kind: str, semaphore_id: str, waiter_id: str) -> None:
         keeper = self._keepers.get((kind, semaphore_id))
@@ -433,8 +477,10 @@ class Semaphores:
         that was not confirmed. The renewal is also the atomic check that the grant is still
         ours: a message read late (this process was frozen while it waited) may name a grant
         that lapsed and was freed, or freed and granted again, meanwhile; that renewal then
-        finds it lost. (A waiter that learns of its grant by its own poll instead takes it in
-        acquire_slot, which pins it as it does any admission.)"""
+        finds it lost. The caller also confirms an unpinned grant read late (grant_is_late):
+        handed over unconfirmed, it could be held here and by its next holder at once.
+        (A waiter that learns of its grant by its own poll instead takes it in acquire_slot,
+        which pins it as it does any admission.)"""
         if confirm:
             await self._renewer.renew_now(lease)
             return not lease.lost.is_set()
@@ -447,7 +493,15 @@ class Semaphores:
         return not lease.lost.is_set()
 
     async def close(self) -> None:
-        """Stop the keepers (each wakes its waiters as it stops: they poll on their own)."""
+        """Fail every acquire still waiting (each gives its place, or a slot granted to it
+        meanwhile, back on its way out), refuse new ones, then stop the keepers. Call before
+        this process's leases are released, so that none of their slots is granted to a waiter
+        here that nobody would renew."""
+        self._closing = True
+        self._dispatcher.wake_all()
+        with contextlib.suppress(TimeoutError):
+            # Each failing acquire's cleanup is one release_slot call, bounded by its timeout.
+            await asyncio.wait_for(self._none_acquiring.wait(), CLOSE_WAIT_S)
         await self._keeper_tasks.close()
 
     async def adopt(self, semaphore_id: str, kind: str, count: int) -> list[Orphan]:

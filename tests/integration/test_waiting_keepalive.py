@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from service.coordination import AcquireTimeout, Coordinator, Lease
+from service.coordination import AcquireTimeout, CoordinationUnavailable, Coordinator, Lease
 from tests.fixtures.procs import LineProcess
 from tests.fixtures.redis_server import RedisServer, queued_ids
 
@@ -184,3 +184,118 @@ async def test_a_kept_waiter_still_times_out_on_time_and_leaves_no_entry(
     assert c.semaphores._keepers == {}
     await held.release()
     await c.close()
+
+
+async def test_a_grant_read_after_its_lapse_is_never_handed_over(
+    own_redis_server: RedisServer,
+) -> None:
+    # An outside attack: a waiter's process frozen (SIGSTOP) while its grant was published read
+    # the message after the grant had lapsed with its queue entry, and handed over a lease Redis
+    # no longer had (is_valid() True, its slot free for anyone). Here the freeze is this
+    # process's event loop blocked while the grant waits unread on the wake connection.
+    url = own_redis_server.url
+    client = aioredis.from_url(url)
+    releaser = await Coordinator.connect(url, replica_id="releaser")
+    c = await Coordinator.connect(url, replica_id="frozen", queue_entry_ttl_s=1.0)
+    await releaser.registry.create("late", 1)
+    keys = c.keyspace.semaphore("late")
+    held = await releaser.acquire("late", timeout_s=1)
+    waiter = asyncio.create_task(c.acquire("late", timeout_s=30))
+    try:
+        [waiter_id] = await queued_ids(client, keys.queue, 1)
+        await asyncio.sleep(0.1)  # its keeper has its first keepalive due
+        await held.release()  # granted to the waiter: until its queue entry's expiry, <= 1 s
+        import time
+
+        time.sleep(1.5)  # the loop blocked: the grant lapses unread
+        lease = await asyncio.wait_for(waiter, 10)
+        expiry = await client.zscore(keys.holders, lease.lease_id)
+        seconds, micros = await client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        # Whatever it got is what Redis holds for it now, not the lapsed grant.
+        assert lease.is_valid()
+        assert expiry is not None and expiry > now_ms, (waiter_id, lease.expires_at_ms, now_ms)
+        await lease.release()
+    finally:
+        waiter.cancel()
+        await releaser.close()
+        await c.close()
+        await client.aclose()
+
+
+async def test_close_fails_the_waiting_acquires_and_leaves_no_keeper_or_entry(
+    own_redis_server: RedisServer,
+) -> None:
+    # An outside attack: close() with acquires waiting left a keeper running (the woken waiters
+    # polled and started a new one), kept their entries alive, and one of them was handed a
+    # lease after close that nobody renewed.
+    url = own_redis_server.url
+    client = aioredis.from_url(url)
+    holder = await Coordinator.connect(url, replica_id="holder")
+    c = await Coordinator.connect(url, replica_id="closing", queue_entry_ttl_s=1.5)
+    await holder.registry.create("closing", 1)
+    keys = c.keyspace.semaphore("closing")
+    held = await holder.acquire("closing", timeout_s=1)
+    waiters = [asyncio.create_task(c.acquire("closing", timeout_s=30)) for _ in range(5)]
+    try:
+        await queued_ids(client, keys.queue, 5)
+        await c.close()
+        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+        assert all(isinstance(r, CoordinationUnavailable) for r in results), results
+        assert await client.zcard(keys.queue) == 0
+        calls = c.semaphores.keepalive_calls
+        await held.release()  # nobody here may be granted it any more
+        await asyncio.sleep(1.0)  # two keepalive intervals
+        assert c.semaphores.keepalive_calls == calls
+        assert await client.zcard(keys.holders) == 0
+        with pytest.raises(CoordinationUnavailable):
+            await c.acquire("closing", timeout_s=1)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await holder.close()
+        await client.aclose()
+
+
+async def test_a_live_waiter_behind_thousands_of_dead_ones_gets_a_freed_slot_at_once(
+    own_redis_server: RedisServer,
+) -> None:
+    # An outside attack: a process died with 3,000 waiters queued; a live waiter behind them
+    # got a freed slot only 27 s later (default TTLs): each call drops a few hundred dead heads,
+    # and its keeper called again only at the usual hint. Here the dead entries are written
+    # directly (the process that "died" never existed), already expired.
+    url = own_redis_server.url
+    client = aioredis.from_url(url)
+    holder = await Coordinator.connect(url, replica_id="holder")
+    c = await Coordinator.connect(url, replica_id="live", queue_entry_ttl_s=9.0)
+    await holder.registry.create("crowd-of-dead", 1)
+    keys = c.keyspace.semaphore("crowd-of-dead")
+    held = await holder.acquire("crowd-of-dead", timeout_s=1)
+    seconds, _ = await client.time()
+    expired_ms = (int(seconds) - 60) * 1000
+    dead = [f"dead{i:05d}-0000000000" for i in range(3000)]
+    await client.zadd(keys.queue, {d: i for i, d in enumerate(dead)})
+    await client.zadd(keys.qexp, {d: expired_ms for d in dead})
+    await client.hset(keys.meta, "seq", 3000)
+    waiter = asyncio.create_task(c.acquire("crowd-of-dead", timeout_s=30))
+    try:
+        # Joined (its poll purged a first batch of the dead): the one live entry.
+        while not await client.zrangebyscore(keys.qexp, expired_ms + 1, "+inf"):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        released_at = loop.time()
+        await held.release()
+        lease = await asyncio.wait_for(waiter, 20)
+        # It took ~9 keepalive intervals (3 s each here), each call dropping a few hundred of
+        # the dead: now the keeper's next call, which calls again at once while a slot is free
+        # behind dead heads, and so on until they are gone. (The release itself drops 256 and
+        # tells nobody: nobody it could tell is known before the live head is reached.)
+        assert loop.time() - released_at < 3.0 + 1.5
+        await lease.release()
+        assert await client.zcard(keys.queue) == 0
+    finally:
+        waiter.cancel()
+        await holder.close()
+        await c.close()
+        await client.aclose()

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import pytest
 
 from service.coordination.script_calls import Admitted, KeptWaiting, Queued
+from service.coordination.semaphore import grant_is_late
+from service.coordination.wake import Grant
 from tests.unit.script_harness import FakeClock, Harness, done, redis_clock
 
 
@@ -203,3 +205,58 @@ def test_reports_the_orphans_its_purge_made(harness: Harness, clock: FakeClock) 
     assert kept.orphans == 1
     assert kept.gone == ()
     assert harness.queued() == ["w-tok1"]
+
+
+def test_an_expired_entry_the_purge_has_not_reached_is_gone_and_not_refreshed(
+    harness: Harness, clock: FakeClock
+) -> None:
+    # An outside attack: after a freeze, a process's own expired entries that the purge's batch
+    # had not reached yet were neither refreshed nor reported gone: their waiters learnt it only
+    # calls later.
+    harness.create(1)
+    harness.acquire("h", ttl_ms=60_000)
+    for i in range(100):  # more expired entries than one purge removes, all expiring first
+        harness.acquire(f"old{i:03d}-tok2", queue_ttl_ms=1000)
+    clock.advance(0.1)
+    harness.acquire("w-tok1", queue_ttl_ms=1000)
+    clock.advance(1.5)
+    expired_at = harness.members(harness.keys.qexp)["w-tok1"]
+    kept = keep(harness, ["w-tok1"])
+    assert kept.gone == ("w-tok1",)
+    assert harness.members(harness.keys.qexp).get("w-tok1") in (None, expired_at)
+
+
+def test_a_slot_free_behind_more_dead_heads_than_one_call_drops_is_hinted_at_once(
+    harness: Harness, clock: FakeClock
+) -> None:
+    # An outside attack: a live waiter behind 3,000 dead ones (their process died) got a freed
+    # slot ~9 keepalive intervals late: each call drops a few hundred, then hinted the usual.
+    harness.create(1)
+    harness.acquire("h", ttl_ms=1000)
+    for i in range(1000):
+        harness.acquire(f"dead{i:04d}-tok2", queue_ttl_ms=1000)
+    harness.acquire("w-tok1", ttl_ms=60_000, queue_ttl_ms=60_000)
+    clock.advance(1.5)  # h expired (its slot is free), the 1,000 dead entries too
+    first = keep(harness, ["w-tok1"], queue_ttl_ms=60_000)
+    assert first.gone == () and first.local_grants == ""
+    assert first.retry_hint_ms == 1  # dead heads left ahead of a free slot: call again at once
+    # So does a poll that finds a slot free that is not its own (try-once here).
+    polled = harness.acquire("z", queue=False)
+    assert isinstance(polled, Queued) and polled.retry_hint_ms == 1
+    calls = 1
+    while not (kept := keep(harness, ["w-tok1"], queue_ttl_ms=60_000)).gone:
+        assert kept.retry_hint_ms == 1
+        calls += 1
+    assert calls <= 3  # each call (and the poll) dropped a few hundred
+    assert kept.gone == ("w-tok1",)
+    assert kept.local_grants.startswith("grant ")
+    assert kept.retry_hint_ms > 1
+    assert harness.queued() == []
+
+
+def test_a_grant_is_late_past_five_percent_of_its_validity() -> None:
+    grant = Grant(granted_at_ms=100_000, expires_at_ms=110_000, epoch="e", limit=1)  # valid 10 s
+    assert not grant_is_late(grant, 100.0)
+    assert not grant_is_late(grant, 100.5)  # 0.5 s late: inside the local clock's margin
+    assert grant_is_late(grant, 100.501)
+    assert not grant_is_late(grant, 99.0)  # this host's clock behind Redis: read on time

@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--key", default="")
     ap.add_argument("--callers", type=int, default=0)
     ap.add_argument("--out", default="")
+    ap.add_argument("--json", default="", help="also write each N's figures to this file")
     args = ap.parse_args()
     if args.child is not None:
         from benchmarks.coord_worker import run_on_loop
@@ -217,10 +218,11 @@ def main() -> None:
         "Redis CPU µs / acq | client CPU s |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results: dict[int, dict[str, float]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="many-waiters-") as tmp:
             for n in args.waiters:
-                m = run_one(server, n, args, tmp)
+                m = results[n] = run_one(server, n, args, tmp)
                 print(
                     f"| {n} | {m['errors']} | {m['acq_per_s']:.1f} | {m['utilization']:.3f} | "
                     f"{m['handoff_p50']:.2f} / {m['handoff_p99']:.2f} | {m['kb_per_waiter']:.1f} | "
@@ -230,6 +232,9 @@ def main() -> None:
                     flush=True,
                 )
         print(f"load average after: {os.getloadavg()}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
     finally:
         server.stop()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 
@@ -54,10 +55,12 @@ def script_usec(server: PrivateRedis) -> float:
     return float(stats.get("usec", 0))
 
 
-async def run(server: PrivateRedis, cycles: int, rounds: int, pin_s: float) -> None:
+async def run(
+    server: PrivateRedis, cycles: int, rounds: int, pin_s: float, json_path: str = ""
+) -> None:
     c = await Coordinator.connect(server.url, replica_id="uncontended", lease_ttl_s=30.0)
     await c.registry.create("u", 4)
-    ratios, floors = [], []
+    ratios, floors, cycle_p50s, ping_p50s = [], [], [], []
     try:
         for _ in range(200):  # warm-up
             lease = await c.acquire("u", timeout_s=5, pin_s=pin_s)
@@ -70,6 +73,8 @@ async def run(server: PrivateRedis, cycles: int, rounds: int, pin_s: float) -> N
             a, p = percentile(cycle, 0.5), percentile(pings, 0.5)
             ratios.append(a / p)
             floors.append((p + lua) / p)
+            cycle_p50s.append(a)
+            ping_p50s.append(p)
             print(
                 f"[{r}] acquire+release p50 {a:6.1f} us (acquire {percentile(acq, 0.5):5.1f}) | "
                 f"two PINGs p50 {p:6.1f} us | ratio {a / p:.2f} | scripts in Redis "
@@ -80,6 +85,15 @@ async def run(server: PrivateRedis, cycles: int, rounds: int, pin_s: float) -> N
             f"median ratio {statistics.median(ratios):.2f} (target <= 1.3); floor with these "
             f"scripts {statistics.median(floors):.2f}"
         )
+        if json_path:
+            figures = {
+                "ratio": ratios,
+                "floor_ratio": floors,
+                "acquire_release_p50_us": cycle_p50s,
+                "two_pings_p50_us": ping_p50s,
+            }
+            with open(json_path, "w") as f:
+                json.dump(figures, f, indent=1)
     finally:
         await c.close()
 
@@ -89,10 +103,11 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pin-s", type=float, default=0.0)
+    ap.add_argument("--json", default="", help="also write every round's figures to this file")
     args = ap.parse_args()
     server = PrivateRedis()
     try:
-        run_on_loop(run(server, args.cycles, args.rounds, args.pin_s))
+        run_on_loop(run(server, args.cycles, args.rounds, args.pin_s, args.json))
     finally:
         server.stop()
 

@@ -3,7 +3,7 @@
     python -m benchmarks.targets --peers-kit $HOME/peers [--rounds 3] [--out DIR]
     python -m benchmarks.targets --from DIR          # the table again, from a finished run
 
-Runs, one after the other (about 25 minutes on the 2-core machine with 3 rounds):
+Runs, one after the other (about 13 minutes on the 2-core machine with 3 rounds):
 
   peers kit   `run_all.sh` of the peers kit (a writable copy of ../shared/peers-bench, see
               benchmarks/README.md) three times: the default workload (3x8, limit 4, 50 ms

@@ -119,17 +119,8 @@ if admitted then
   return {1, 0, 0, in_use, limit, orphans, expiry, epoch, taken, wait_ms}
 end
 
--- Not now: hint how long to sleep at most (the nearest lease expiry sends no message).
-local hint = math.floor(queue_ttl / 3)
-local nearest = redis.call('ZRANGE', HOLDERS, 0, 0, 'WITHSCORES')
-if #nearest == 2 then
-  hint = math.min(hint, math.max(1, tonumber(nearest[2]) - now + 1))
-end
-local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
-if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
--- A slot free but not ours: dead heads ahead stopped grant_heads at its cap (each call drops a
--- batch of them). Ask again at once.
-if free > 0 then hint = 1 end
+-- Not now: hint how long to sleep at most. A slot free but not ours means dead heads ahead.
+local hint = retry_hint(now, queue_ttl, free > 0)
 
 local orphans = redis.call('ZCARD', ORPHANS)
 if not queue then

@@ -25,10 +25,9 @@ local keys_ttl = tonumber(ARGV[4])   -- TTL (ms) of the semaphore's keys; 0 keep
 -- is never revived here. If the semaphore does not exist, every id given is gone.
 local now = now_ms()
 local first = 5
-local hint = math.floor(queue_ttl / 3)
 
 if not redis.call('HGET', META, 'limit') then
-  local gone = {hint, 0, ''}
+  local gone = {math.floor(queue_ttl / 3), 0, ''}
   for i = first, #ARGV do gone[#gone + 1] = ARGV[i] end
   return gone
 end
@@ -70,11 +69,10 @@ end
 -- Slots freed by expiry (or a grace that ended) go to the heads, as at any acquire_slot poll.
 local _, message = grant_heads(now, channel, nil, local_token)
 -- A slot still free with waiters queued: dead heads (a process that died with many waiters)
--- stopped grant_heads at its cap before it reached a live one. Each call drops a batch of them:
--- call again at once rather than at the hint.
+-- stopped grant_heads at its cap before it reached a live one (retry_hint).
 local dead_ahead = redis.call('ZCARD', QUEUE) > 0 and free_slots(now) > 0
 
-local reply = {hint, redis.call('ZCARD', ORPHANS), message}
+local reply = {0, redis.call('ZCARD', ORPHANS), message}  -- the hint last, below
 each_chunk(function(ids, scores)
   for i, id in ipairs(ids) do
     -- Gone: granted, dropped or released; or expired, not yet purged (never refreshed here).
@@ -82,13 +80,5 @@ each_chunk(function(ids, scores)
   end
 end)
 
--- The hint, computed as acquire_slot computes it.
-local nearest = redis.call('ZRANGE', HOLDERS, 0, 0, 'WITHSCORES')
-if #nearest == 2 then
-  hint = math.min(hint, math.max(1, tonumber(nearest[2]) - now + 1))
-end
-local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
-if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
-if dead_ahead then hint = 1 end
-reply[1] = hint
+reply[1] = retry_hint(now, queue_ttl, dead_ahead)  -- as acquire_slot's
 return reply

@@ -149,6 +149,22 @@ local function free_slots(now)
   return free
 end
 
+-- How long (ms) a waiter, or its process's keeper, may wait before it calls again: queue_ttl / 3
+-- (to keep its queue entry), sooner the nearest lease expiry or the end of a grace (neither sends
+-- a message), and 1 when `slot_free` (a slot still free with waiters queued after grant_heads:
+-- dead heads stopped it at its cap before it reached a live one, and each call drops a batch).
+local function retry_hint(now, queue_ttl, slot_free)
+  if slot_free then return 1 end
+  local hint = math.floor(queue_ttl / 3)
+  local nearest = redis.call('ZRANGE', HOLDERS, 0, 0, 'WITHSCORES')
+  if #nearest == 2 then
+    hint = math.min(hint, math.max(1, tonumber(nearest[2]) - now + 1))
+  end
+  local grace_until = tonumber(redis.call('HGET', META, 'grace_until') or '0')
+  if now < grace_until then hint = math.min(hint, grace_until - now + 1) end
+  return hint
+end
+
 -- A waiter's record, decoded; nil if it has none a grant can be made from.
 local function waiter_record(id)
   local ok, record = pcall(cjson.decode, redis.call('HGET', QINFO, id) or '')

@@ -22,7 +22,7 @@ from service.coordination import (
 )
 from service.coordination.remote import acquire_remote, release_remote
 from service.limits import AccountLimits
-from tests.fixtures.redis_server import RedisServer, queued_ids
+from tests.fixtures.redis_server import RedisServer, queued_ids, redis_ms
 
 pytestmark = pytest.mark.redis
 
@@ -282,11 +282,6 @@ async def test_force_release_frees_the_slot_and_counts_it(redis_url: str) -> Non
     view = await c.registry.view("stuck", detail=True)
     assert view.counters["force_released"] == 1 and view.in_use == 0
     await c.close()
-
-
-async def redis_ms(client: aioredis.Redis) -> int:
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def test_a_release_hands_a_grant_to_its_own_processs_waiter_from_the_reply(

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from service.coordination import Coordinator
 from tests.fixtures.procs import LineProcess
-from tests.fixtures.redis_server import queued_ids
+from tests.fixtures.redis_server import queued_ids, redis_ms
 
 pytestmark = pytest.mark.redis
 
@@ -201,11 +201,6 @@ async def test_script_flush_is_survived(redis_url: str, redis_client: aioredis.R
     lease = await c.acquire("flush", timeout_s=1)
     assert await lease.release()
     await c.close()
-
-
-async def redis_ms(client: aioredis.Redis) -> int:
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def test_a_grant_to_a_killed_waiter_lapses_at_its_queue_entry_expiry(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 
 from service.coordination import AcquireTimeout, CoordinationUnavailable, Coordinator, Lease
 from tests.fixtures.procs import LineProcess
-from tests.fixtures.redis_server import RedisServer, queued_ids
+from tests.fixtures.redis_server import RedisServer, queued_ids, redis_ms
 
 pytestmark = pytest.mark.redis
 
@@ -205,13 +206,10 @@ async def test_a_grant_read_after_its_lapse_is_never_handed_over(
         [waiter_id] = await queued_ids(client, keys.queue, 1)
         await asyncio.sleep(0.1)  # its keeper has its first keepalive due
         await held.release()  # granted to the waiter: until its queue entry's expiry, <= 1 s
-        import time
-
         time.sleep(1.5)  # the loop blocked: the grant lapses unread
         lease = await asyncio.wait_for(waiter, 10)
         expiry = await client.zscore(keys.holders, lease.lease_id)
-        seconds, micros = await client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = await redis_ms(client)
         # Whatever it got is what Redis holds for it now, not the lapsed grant.
         assert lease.is_valid()
         assert expiry is not None and expiry > now_ms, (waiter_id, lease.expires_at_ms, now_ms)

@@ -99,12 +99,16 @@ def table(out: Path) -> str:
     peers = {k: peers_metrics(v) for k, v in json.loads((out / "peers.json").read_text()).items()}
     rows: list[tuple[str, str, str, str]] = []
 
-    def best(workload: str, key: str) -> tuple[str, float]:
-        others = {
+    def others(workload: str, key: str) -> dict[str, float]:
+        """The peers' figure (neither this library nor the ideal)."""
+        return {
             n: m["contended"][key] for n, m in peers[workload].items() if n not in (OURS, IDEAL)
         }
-        name = max(others, key=lambda n: others[n])
-        return name, others[name]
+
+    def best(workload: str, key: str) -> tuple[str, float]:
+        figures = others(workload, key)
+        name = max(figures, key=lambda n: figures[n])
+        return name, figures[name]
 
     def ours(workload: str, key: str) -> float:
         return float(peers[workload][OURS]["contended"][key])
@@ -129,11 +133,7 @@ def table(out: Path) -> str:
             "met" if cv <= 0.05 and wait <= 1.1 * ideal_wait else "miss",
         )
     )
-    cpu = {
-        n: m["contended"]["redis_cpu_us_per_acq"]
-        for n, m in peers["default"].items()
-        if n not in (OURS, IDEAL)
-    }
+    cpu = others("default", "redis_cpu_us_per_acq")
     rows.append(
         (
             "3x8: Redis CPU per acquisition",
